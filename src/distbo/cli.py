@@ -1,0 +1,145 @@
+"""The command line: ``distbo run | list`` (and the result tools: plot, compare, reproduce).
+
+Errors a user can fix are one line on stderr naming the field and the allowed values, with a
+non-zero exit code (2 for bad input, 3 for a diverged run, 130 when interrupted).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DistboError, DivergenceError
+
+EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401
+        sys.stderr.write(f"distbo: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_INPUT)
+
+
+ArgsFn = Callable[[argparse.ArgumentParser], None]
+COMMANDS: dict[str, tuple[str, ArgsFn, Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str, args: ArgsFn = lambda p: None):
+    """Register a subcommand: ``args(parser)`` adds its arguments; the function runs it."""
+    def deco(fn):
+        COMMANDS[name] = (help, args, fn)
+        return fn
+    return deco
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a TOML configuration file")
+    p.add_argument("--task", help="task name (see 'distbo list')")
+    p.add_argument("--algorithm", help="algorithm name (see 'distbo list')")
+    p.add_argument("--compressor", help="compressor spec, e.g. topk:0.1")
+    p.add_argument("--workers", type=int, help="number of workers")
+    p.add_argument("--rounds", type=int, help="outer iterations")
+    p.add_argument("--eval-every", type=int, dest="eval_every", help="evaluate every K rounds")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--procs", type=int, help="processes on this machine (torch.distributed)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help="override a config field by dotted key (repeatable)")
+    p.add_argument("--out", help="output folder (default: runs/<task>-<algorithm>-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
+@command("run", "run one configuration", _run_args)
+def cmd_run(a: argparse.Namespace) -> int:
+    from .config import apply_set, load_toml, merge
+    from .runner import execute, resolve
+
+    raw: dict[str, Any] = load_toml(a.config) if a.config else {}
+    raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
+                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs)
+    for item in a.sets:
+        apply_set(raw, item)
+    res, problem = resolve(raw)
+    out = Path(a.out) if a.out else Path("runs") / (
+        f"{res.run.task['name']}-{res.run.algorithm['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = execute(res, problem, out, progress=not a.quiet)
+    if not a.quiet:
+        print_rows(result.metrics)
+    print(f"wrote {out}")
+    return 0
+
+
+def print_rows(rows: list[dict[str, Any]], limit: int = 6) -> None:
+    """A short table of the first and last metric rows."""
+    if not rows:
+        return
+    keys = [k for k in ("round", "comm_rounds", "bits_up", "wall_s", "upper_loss", "hypergrad_norm",
+                        "test_acc") if k in rows[-1]]
+    pick = rows if len(rows) <= limit else rows[:2] + rows[-(limit - 2):]
+    print("  ".join(f"{k:>14}" for k in keys))
+    for r in pick:
+        print("  ".join(f"{_fmt(r.get(k)):>14}" for k in keys))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+@command("list", "list tasks, algorithms and compressors")
+def cmd_list(a: argparse.Namespace) -> int:
+    from .algorithms import ALGORITHMS
+    from .compressors import COMPRESSORS
+    from .problems import TASKS
+
+    for title, reg in (("tasks", TASKS), ("algorithms", ALGORITHMS), ("compressors", COMPRESSORS)):
+        print(f"{title}:")
+        for e in reg.entries():
+            print(f"  {e.name:<14} {e.summary}")
+    return 0
+
+
+def _load_extensions() -> None:
+    """Subcommands defined in other modules register themselves on import."""
+    import importlib
+
+    for mod in ("distbo.results",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_extensions()
+    parser = _Parser(prog="distbo", description="distributed and federated stochastic bilevel optimization")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (help_, add_args, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_args(p)
+        p.set_defaults(fn=fn)
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (already printed) and --help
+        return int(exc.code or 0)
+    try:
+        return a.fn(a)
+    except DivergenceError as exc:
+        sys.stderr.write(f"distbo: error: {exc}\n")
+        return EXIT_DIVERGED
+    except DistboError as exc:
+        sys.stderr.write(f"distbo: error: {exc}\n")
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("distbo: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

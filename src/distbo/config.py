@@ -1,0 +1,141 @@
+"""The run configuration: a TOML file, command-line flags and ``--set key=value`` overrides.
+
+Top-level keys are typed and range-checked here; the ``task`` and ``algorithm`` sections are
+checked against the chosen task's and algorithm's own schema (registry.py), so an unknown key or a
+bad value anywhere is a one-line ConfigError naming the dotted field and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from .errors import ConfigError
+from .registry import Params, validate
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+DEFAULT_NAMES = {"task": "quadratic", "algorithm": "soba"}
+
+
+class ClientsConfig(Params):
+    fraction: float = Field(1.0, gt=0, le=1, description="share of clients sampled per outer iteration")
+    resources: list[float] = Field([1.0], min_length=1, description="resource levels in (0, 1], cycled over clients")
+    policy: Literal["static", "rolling", "random"] = Field("rolling", description="sub-model mask policy")
+
+    @field_validator("resources")
+    @classmethod
+    def _in_unit(cls, v: list[float]) -> list[float]:
+        bad = [r for r in v if not 0 < r <= 1]
+        if bad:
+            raise ValueError(f"every resource level must be in (0, 1], got {bad}")
+        return v
+
+
+class RunConfig(Params):
+    task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"})
+    algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"})
+    compressor: str = Field("identity", description="up-link compressor spec, e.g. topk:0.1")
+    downlink: str = Field("identity", description="down-link compressor spec")
+    workers: int = Field(8, gt=0, description="number of workers (clients)")
+    rounds: int = Field(1000, ge=0, description="outer iterations")
+    eval_every: int = Field(10, gt=0, description="evaluate every k rounds")
+    checkpoint_every: int = Field(0, ge=0, description="checkpoint every k rounds (0: only at the end)")
+    seed: int = Field(0, ge=0)
+    procs: int = Field(1, gt=0, description="processes on this machine")
+    dtype: Literal["float32", "float64"] = "float32"
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+
+    @field_validator("task", "algorithm", mode="before")
+    @classmethod
+    def _named(cls, v: Any, info) -> Any:
+        if isinstance(v, str):
+            return {"name": v}
+        if isinstance(v, dict):
+            v = {"name": DEFAULT_NAMES[info.field_name], **v}
+            if not isinstance(v["name"], str):
+                raise ValueError("'name' must be a string")
+        return v
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", f"file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{p} is not valid TOML: {exc}") from None
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value ('0.1', '[1, 0.5]', 'true', '"s"'); anything else is taken as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_set(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``key=value`` override with a dotted key (``algorithm.alpha=0.1``)."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError("--set", f"expected key=value with a dotted key (e.g. algorithm.alpha=0.1), got '{item}'")
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str) and part in ("task", "algorithm"):
+            child = node[part] = {"name": child}
+        elif child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: i + 1]), f"is a value, not a section; cannot set '{key}'")
+        node = child
+    val = parse_value(value.strip())
+    if parts[-1] in ("task", "algorithm") and len(parts) == 1 and isinstance(val, str):
+        node.setdefault(parts[-1], {})
+        node[parts[-1]] = {**node[parts[-1]], "name": val} if isinstance(node[parts[-1]], dict) else {"name": val}
+    else:
+        node[parts[-1]] = val
+
+
+def merge(raw: dict[str, Any], **flags: Any) -> dict[str, Any]:
+    """Lay command-line flags (None = not given) over a raw config."""
+    out = copy.deepcopy(raw)
+    for k, v in flags.items():
+        if v is None:
+            continue
+        if k in ("task", "algorithm"):
+            sec = out.get(k)
+            out[k] = {**(sec if isinstance(sec, dict) else {}), "name": v}
+        else:
+            out[k] = v
+    return out
+
+
+def check_run(raw: dict[str, Any]) -> RunConfig:
+    return validate(RunConfig, raw, "")
+
+
+@dataclass
+class Resolved:
+    """A fully checked configuration: top level, task parameters, algorithm hyper-parameters."""
+
+    run: RunConfig
+    task: Params | None  # None for a user-supplied Problem
+    algorithm: Params
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.run.model_dump()
+        d["task"] = {"name": self.run.task.get("name", "custom"),
+                     **(self.task.model_dump() if self.task is not None else {})}
+        d["algorithm"] = {"name": self.run.algorithm["name"], **self.algorithm.model_dump()}
+        return d

@@ -1,0 +1,99 @@
+"""Gradients and Hessian-vector products of f and g, vectorised over the worker axis.
+
+Every function takes ``x``, ``y`` (and ``v``) either shared by all local workers (1-D) or one row
+per worker (2-D, leading worker axis), and a batch whose leading axis is the worker. By default it
+returns one row per worker. With ``reduce=True`` it returns the SUM over the local workers; when
+the point is shared this is computed as the derivative of the summed loss (one backward pass
+instead of n per-worker vectors), which is what a server that only needs the mean wants.
+
+Notation (ALGORITHMS.md): H_yy v = d/dy <grad_y g, v> in R^{d_y} and H_xy v = d/dx <grad_y g, v>
+in R^{d_x}; both come from ONE vector-Jacobian product of grad_y g.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.func import grad, vjp, vmap
+
+from .problems.base import Batch, Problem
+
+Tensor = torch.Tensor
+Loss = Callable[[Tensor, Tensor, Batch], Tensor]
+
+
+def _dims(*ts: Tensor) -> tuple[int | None, ...]:
+    return tuple(0 if t.dim() == 2 else None for t in ts)
+
+
+def _shared(*ts: Tensor) -> bool:
+    return all(t.dim() == 1 for t in ts)
+
+
+def _summed(loss: Loss, batch: Batch) -> Callable[[Tensor, Tensor], Tensor]:
+    """(x, y) -> sum over the local workers of loss(x, y, batch_i), at a shared point."""
+    batched = vmap(loss, in_dims=(None, None, 0))
+    return lambda x, y: batched(x, y, batch).sum()
+
+
+def loss_values(loss: Loss, x: Tensor, y: Tensor, batch: Batch) -> Tensor:
+    """Per-worker loss values [n_local]."""
+    return vmap(loss, in_dims=(*_dims(x, y), 0))(x, y, batch)
+
+
+def grad_xy(loss: Loss, x: Tensor, y: Tensor, batch: Batch, reduce: bool = False) -> tuple[Tensor, Tensor]:
+    """(grad_x loss_i, grad_y loss_i) per worker, or their sums with ``reduce``."""
+    if reduce and _shared(x, y):
+        return grad(_summed(loss, batch), argnums=(0, 1))(x, y)
+    gx, gy = vmap(grad(loss, argnums=(0, 1)), in_dims=(*_dims(x, y), 0))(x, y, batch)
+    return (gx.sum(0), gy.sum(0)) if reduce else (gx, gy)
+
+
+def grad_y(loss: Loss, x: Tensor, y: Tensor, batch: Batch, reduce: bool = False) -> Tensor:
+    """grad_y loss_i per worker, or the sum with ``reduce``."""
+    if reduce and _shared(x, y):
+        return grad(_summed(loss, batch), argnums=1)(x, y)
+    gy = vmap(grad(loss, argnums=1), in_dims=(*_dims(x, y), 0))(x, y, batch)
+    return gy.sum(0) if reduce else gy
+
+
+def _hvp_one(loss: Loss) -> Callable[[Tensor, Tensor, Tensor, Batch], tuple[Tensor, Tensor]]:
+    def hvp(x, y, v, b):
+        _, pull = vjp(lambda x_, y_: grad(loss, argnums=1)(x_, y_, b), x, y)
+        return pull(v)
+    return hvp
+
+
+def hvp(loss: Loss, x: Tensor, y: Tensor, v: Tensor, batch: Batch,
+        reduce: bool = False) -> tuple[Tensor, Tensor]:
+    """(H_xy,i v, H_yy,i v) of ``loss`` per worker, or their sums with ``reduce``."""
+    if reduce and _shared(x, y, v):
+        _, pull = vjp(grad(_summed(loss, batch), argnums=1), x, y)
+        return pull(v)
+    hx, hy = vmap(_hvp_one(loss), in_dims=(*_dims(x, y, v), 0))(x, y, v, batch)
+    return (hx.sum(0), hy.sum(0)) if reduce else (hx, hy)
+
+
+class Oracles:
+    """The oracles of one problem: f- and g-derivatives with the worker axis handled."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+
+    def grad_f(self, x, y, batch, reduce=False):
+        return grad_xy(self.problem.f, x, y, batch, reduce)
+
+    def grad_g(self, x, y, batch, reduce=False):
+        return grad_xy(self.problem.g, x, y, batch, reduce)
+
+    def grad_g_y(self, x, y, batch, reduce=False):
+        return grad_y(self.problem.g, x, y, batch, reduce)
+
+    def hvp_g(self, x, y, v, batch, reduce=False):
+        return hvp(self.problem.g, x, y, v, batch, reduce)
+
+    def f_values(self, x, y, batch):
+        return loss_values(self.problem.f, x, y, batch)
+
+    def g_values(self, x, y, batch):
+        return loss_values(self.problem.g, x, y, batch)

@@ -1,0 +1,60 @@
+"""The Problem interface: per-worker losses on flat parameter vectors.
+
+A problem defines, for ONE worker, the upper-level loss ``f(x, y, batch)`` and the lower-level
+loss ``g(x, y, batch)`` as scalars, with ``x`` of shape [d_x], ``y`` of shape [d_y] and ``batch``
+a pytree of that worker's samples. distbo vectorises these over the worker axis, differentiates
+them and handles all communication, so a user-defined problem needs nothing else than its losses,
+its data (``sample``), a starting point and an evaluation.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+Batch = Any  # a pytree of tensors whose leading axis is the worker
+
+
+class Problem(ABC):
+    """Base class of every task. Subclasses set ``n_workers``, ``d_x``, ``d_y`` and ``dtype``."""
+
+    n_workers: int
+    d_x: int
+    d_y: int
+    dtype: torch.dtype = torch.float32
+    #: recommended hyper-parameters (e.g. step sizes) used where the user sets none
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    @abstractmethod
+    def f(self, x: torch.Tensor, y: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Upper-level loss of one worker on one of its batches (a scalar)."""
+
+    @abstractmethod
+    def g(self, x: torch.Tensor, y: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Lower-level loss of one worker on one of its batches (a scalar, strongly convex in y)."""
+
+    @abstractmethod
+    def sample(self, level: str, workers: torch.Tensor, key: torch.Tensor) -> Batch:
+        """Batches for ``workers`` (int64 global ids) at ``level`` ('f' or 'g').
+
+        Must be a pure function of (workers, key): use ``distbo.rng`` with per-worker keys
+        ``rng.key(key, worker)`` so any process hosting a worker draws the same batch.
+        """
+
+    def init(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Starting point (x0, y0); zeros by default."""
+        return torch.zeros(self.d_x, dtype=self.dtype), torch.zeros(self.d_y, dtype=self.dtype)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Metrics at the server's (x, y). Must include ``upper_loss``."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Facts recorded in config.json (data sizes, client label histograms, ...)."""
+        return {}
+
+    # --- optional pieces a problem may provide for sub-model (pruning) algorithms ---
+    def units(self) -> dict[str, Any] | None:
+        """Structured-pruning layout (see algorithms/rabo.py); None if the task has none."""
+        return None

@@ -1,0 +1,209 @@
+"""Config -> problem, communicator, algorithm; the round loop, evaluation, metrics and outputs.
+
+Outputs of a run with an output folder (DESIGN.md contract): ``config.json`` (the resolved
+configuration and facts about the task), ``metrics.jsonl`` (one row per evaluation, flushed as it
+is written) and ``summary.json`` (final row, totals, status). ``wall_s`` is training time only:
+evaluation is not counted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .algorithms import ALGORITHMS, Clients, Context
+from .comm.base import Communicator
+from .comm.simulated import SimulatedComm
+from .compressors import make_compressor
+from .config import DTYPES, Resolved, RunConfig, check_run
+from .errors import DivergenceError
+from .problems import TASKS, Problem
+from .registry import validate
+
+CONTRACT_FIELDS = ("round", "bits_up", "bits_down", "comm_rounds", "wall_s", "upper_loss")
+
+
+@dataclass
+class Result:
+    metrics: list[dict[str, Any]]
+    x: torch.Tensor
+    y: torch.Tensor
+    state: Any
+    config: dict[str, Any]
+    out: Path | None = None
+    status: str = "completed"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def task_defaults(problem: Problem, algorithm: str, fields: dict) -> dict[str, Any]:
+    """A task's recommended hyper-parameters for an algorithm (flat keys, then per-algorithm)."""
+    d = {k: v for k, v in problem.defaults.items() if k in fields}
+    specific = problem.defaults.get(algorithm)
+    if isinstance(specific, dict):
+        d.update({k: v for k, v in specific.items() if k in fields})
+    return d
+
+
+def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolved, Problem]:
+    """Check every field, then build the problem (a user Problem is taken as it is)."""
+    run = check_run(raw)
+    alg_entry = ALGORITHMS.get(run.algorithm["name"], "algorithm.name")
+    user_alg = {k: v for k, v in run.algorithm.items() if k != "name"}
+    validate(alg_entry.params, user_alg, "algorithm")  # fail before any work
+    make_compressor(run.compressor, "compressor")
+    make_compressor(run.downlink, "downlink")
+    task_params = None
+    if problem is None:
+        entry = TASKS.get(run.task["name"], "task.name")
+        task_params = validate(entry.params, {k: v for k, v in run.task.items() if k != "name"}, "task")
+        problem = entry.build(task_params, workers=run.workers, seed=run.seed, dtype=DTYPES[run.dtype])
+    elif problem.n_workers != run.workers:
+        run = run.model_copy(update={"workers": problem.n_workers})
+    merged = {**task_defaults(problem, run.algorithm["name"], alg_entry.params.model_fields), **user_alg}
+    return Resolved(run, task_params, validate(alg_entry.params, merged, "algorithm")), problem
+
+
+def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
+    run = res.run
+    comm = comm or SimulatedComm(run.workers)
+    down = make_compressor(run.downlink, "downlink")
+    ctx = Context(problem=problem, comm=comm, compressor=make_compressor(run.compressor), seed=run.seed,
+                  clients=Clients(**run.clients.model_dump()),
+                  downlink=None if down.kind == "exact" else down)
+    algorithm = ALGORITHMS.get(run.algorithm["name"]).build(ctx, res.algorithm)
+    return algorithm, comm
+
+
+def _tensors(obj: Any, prefix: str):
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif hasattr(obj, "_asdict"):
+        for k, v in obj._asdict().items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else k)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}[{i}]")
+
+
+def check_finite(state: Any, t: int) -> None:
+    for name, tensor in _tensors(state, ""):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DivergenceError(f"diverged at round {t}: non-finite values in '{name}' "
+                                  "(try smaller step sizes)")
+
+
+class Outputs:
+    """The run folder; only the main process writes."""
+
+    def __init__(self, out: Path | None, enabled: bool):
+        self.dir = out if enabled else None
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "metrics.jsonl").write_text("")
+
+    def write_json(self, name: str, obj: Any) -> None:
+        if self.dir is not None:
+            tmp = self.dir / f".{name}.tmp"
+            tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+            tmp.replace(self.dir / name)
+
+    def append_row(self, row: dict[str, Any]) -> None:
+        if self.dir is not None:
+            with open(self.dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: bool = False,
+            comm: Communicator | None = None) -> Result:
+    """Run the round loop of a resolved configuration."""
+    run: RunConfig = res.run
+    torch.manual_seed(run.seed)
+    algorithm, comm = build(res, problem, comm)
+    files = Outputs(Path(out) if out is not None else None, comm.is_main)
+    config = {**res.as_dict(), "task_info": problem.describe()}
+    files.write_json("config.json", config)
+
+    state = algorithm.init()
+    rows: list[dict[str, Any]] = []
+    train_s = 0.0
+
+    def evaluate(t: int) -> dict[str, Any]:
+        x, y = algorithm.point(state)
+        row = {"round": t, **comm.stats.as_dict(), "wall_s": round(train_s, 6),
+               **problem.evaluate(x, y), **algorithm.metrics(state)}
+        rows.append(row)
+        files.append_row(row)
+        return row
+
+    status = "completed"
+    show = progress and comm.is_main and sys.stderr.isatty()
+    bar = tqdm(total=run.rounds, disable=not show, leave=False,
+               desc=f"{run.algorithm['name']}", unit="round")
+    try:
+        evaluate(0)
+        for t in range(run.rounds):
+            tic = time.perf_counter()
+            state = algorithm.step(state, t)
+            train_s += time.perf_counter() - tic
+            check_finite(state, t + 1)
+            if (t + 1) % run.eval_every == 0 or t + 1 == run.rounds:
+                row = evaluate(t + 1)
+                bar.set_postfix(upper_loss=f"{row['upper_loss']:.4g}", refresh=False)
+            bar.update(1)
+    except DivergenceError:
+        status = "diverged"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        bar.close()
+        files.write_json("summary.json", summary(rows, status, run))
+    x, y = algorithm.point(state)
+    return Result(rows, x, y, state, config, files.dir, status)
+
+
+def summary(rows: list[dict[str, Any]], status: str, run: RunConfig) -> dict[str, Any]:
+    final = rows[-1] if rows else {}
+    best = {}
+    for key in ("test_acc",):
+        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if vals:
+            best[key] = max(vals)
+    return {"status": status, "final": final, "best": best,
+            "totals": {k: final.get(k) for k in ("round", "bits_up", "bits_down", "comm_rounds", "wall_s")},
+            "rounds_planned": run.rounds}
+
+
+def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba", *,
+        out: str | Path | None = None, progress: bool = False, overrides: list[str] | None = None,
+        comm: Communicator | None = None, **top: Any) -> Result:
+    """Run one configuration from Python; the keywords are the CLI's (see ``distbo run --help``).
+
+    ``task`` is a task name, a dict ``{"name": ..., **params}`` or your own ``distbo.Problem``;
+    ``algorithm`` a name or ``{"name": ..., **hyper}``; other keywords are top-level fields
+    (compressor, rounds, workers, seed, eval_every, ...); ``overrides`` are ``key=value`` strings.
+    """
+    from .config import apply_set
+
+    problem = task if isinstance(task, Problem) else None
+    raw: dict[str, Any] = {"algorithm": algorithm, **top}
+    if problem is None:
+        raw["task"] = task
+    else:
+        raw["workers"] = problem.n_workers
+        raw["dtype"] = "float64" if problem.dtype == torch.float64 else "float32"
+    for item in overrides or []:
+        apply_set(raw, item)
+    res, problem = resolve(raw, problem)
+    return execute(res, problem, Path(out) if out is not None else None, progress, comm)
