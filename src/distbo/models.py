@@ -1,0 +1,106 @@
+"""Functional dense networks on flat parameter vectors, with structured (hidden-unit) slicing.
+
+A ``DenseNet`` is a chain of affine layers with ReLU between them, e.g. sizes (784, 200, 10).
+Its parameters live in ONE flat vector: for each layer, the weight [out, in] row-major, then the
+bias [out]. The layers can be split between two flat vectors (``split``): layers before it form
+the upper-level variable x (e.g. the representation), layers from it on the lower-level y (the
+head), as hyper-representation does; ``split = 0`` puts everything in y.
+
+Structured pruning keeps a subset of each hidden layer's units. ``slice_params`` gathers the
+sub-network's parameters (smaller matrices: the rows of a unit's layer and the columns of the next
+layer), so a client really computes with the smaller network; ``scatter`` puts a sub-network's
+vectors back in place, and ``unit_masks`` gives the full-size 0/1 masks of the kept coordinates.
+Every function is written for one client and works under ``torch.func.vmap``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class DenseNet:
+    sizes: tuple[int, ...]
+    split: int = 0  # layers [0, split) belong to x, [split, L) to y
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def layer_numel(self, l: int, sizes: tuple[int, ...] | None = None) -> int:
+        s = sizes or self.sizes
+        return s[l + 1] * s[l] + s[l + 1]
+
+    def numel(self, part: str, sizes: tuple[int, ...] | None = None) -> int:
+        """Number of parameters in 'x' (layers before split) or 'y' (the rest)."""
+        return sum(self.layer_numel(l, sizes) for l in self._layers(part))
+
+    def _layers(self, part: str) -> range:
+        return range(0, self.split) if part == "x" else range(self.split, self.n_layers)
+
+    def unflatten(self, x: Tensor | None, y: Tensor, sizes: tuple[int, ...] | None = None):
+        """[(W_l [out, in], b_l [out]) for every layer] as views of x and y."""
+        s = sizes or self.sizes
+        out = []
+        for part, flat in (("x", x), ("y", y)):
+            off = 0
+            for l in self._layers(part):
+                w = flat[off: off + s[l + 1] * s[l]].reshape(s[l + 1], s[l])
+                off += s[l + 1] * s[l]
+                out.append((w, flat[off: off + s[l + 1]]))
+                off += s[l + 1]
+        return out
+
+    def forward(self, x: Tensor | None, y: Tensor, inputs: Tensor, sizes: tuple[int, ...] | None = None) -> Tensor:
+        """Logits of a batch of inputs [B, sizes[0]] (ReLU between layers)."""
+        h = inputs
+        layers = self.unflatten(x, y, sizes)
+        for l, (w, b) in enumerate(layers):
+            h = h @ w.T + b
+            if l < len(layers) - 1:
+                h = torch.relu(h)
+        return h
+
+    def flops(self, batch: int, sizes: tuple[int, ...] | None = None) -> int:
+        """Forward multiply-adds x2 for one batch (a backward pass costs about twice this)."""
+        s = sizes or self.sizes
+        return sum(2 * batch * s[l] * s[l + 1] for l in range(self.n_layers))
+
+    # ----- structured sub-networks -----
+    def sub_sizes(self, keep: list[int]) -> tuple[int, ...]:
+        """Layer sizes when hidden layer h keeps keep[h] units."""
+        return (self.sizes[0], *keep, self.sizes[-1])
+
+    def _coords(self, part: str, idx: list[Tensor]) -> Tensor:
+        """Flat positions (in the full x or y) of the sub-network's parameters, in sub-network order."""
+        s = self.sizes
+        full = [torch.arange(s[0])] + list(idx) + [torch.arange(s[-1])]
+        pieces, off = [], 0
+        for l in self._layers(part):
+            rows, cols = full[l + 1], full[l]
+            pieces.append(off + (rows[:, None] * s[l] + cols[None, :]).reshape(-1))
+            off += s[l + 1] * s[l]
+            pieces.append(off + rows)
+            off += s[l + 1]
+        return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
+
+    def slice_params(self, flat: Tensor, part: str, idx: list[Tensor]) -> Tensor:
+        """The sub-network's flat parameters of ``part`` for hidden-unit indices ``idx`` (one per hidden layer)."""
+        return flat[self._coords(part, idx)]
+
+    def scatter(self, sub: Tensor, part: str, idx: list[Tensor]) -> Tensor:
+        """Full-size vector with the sub-network's entries in place and zeros elsewhere."""
+        out = sub.new_zeros(self.numel(part))
+        return out.index_copy(0, self._coords(part, idx), sub)
+
+    def unit_masks(self, idx: list[Tensor], dtype=torch.float32) -> tuple[Tensor, Tensor]:
+        """0/1 masks (m_x, m_y) of the coordinates a sub-network keeps."""
+        masks = []
+        for part in ("x", "y"):
+            m = torch.zeros(self.numel(part), dtype=dtype)
+            m[self._coords(part, idx)] = 1
+            masks.append(m)
+        return masks[0], masks[1]
