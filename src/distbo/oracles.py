@@ -57,21 +57,28 @@ def grad_y(loss: Loss, x: Tensor, y: Tensor, batch: Batch, reduce: bool = False)
     return gy.sum(0) if reduce else gy
 
 
-def _hvp_one(loss: Loss) -> Callable[[Tensor, Tensor, Tensor, Batch], tuple[Tensor, Tensor]]:
-    def hvp(x, y, v, b):
-        _, pull = vjp(lambda x_, y_: grad(loss, argnums=1)(x_, y_, b), x, y)
-        return pull(v)
-    return hvp
+def _grad_hvp_one(loss: Loss) -> Callable[[Tensor, Tensor, Tensor, Batch], tuple[Tensor, Tensor, Tensor]]:
+    def fn(x, y, v, b):
+        gy, pull = vjp(lambda x_, y_: grad(loss, argnums=1)(x_, y_, b), x, y)
+        return (gy, *pull(v))
+    return fn
+
+
+def grad_y_hvp(loss: Loss, x: Tensor, y: Tensor, v: Tensor, batch: Batch,
+               reduce: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_y loss_i, H_xy,i v, H_yy,i v) from one pass: the HVP is the vjp of grad_y, whose
+    value comes for free. Per worker, or summed over local workers with ``reduce``."""
+    if reduce and _shared(x, y, v):
+        gy, pull = vjp(grad(_summed(loss, batch), argnums=1), x, y)
+        return (gy, *pull(v))
+    out = vmap(_grad_hvp_one(loss), in_dims=(*_dims(x, y, v), 0))(x, y, v, batch)
+    return tuple(o.sum(0) for o in out) if reduce else out
 
 
 def hvp(loss: Loss, x: Tensor, y: Tensor, v: Tensor, batch: Batch,
         reduce: bool = False) -> tuple[Tensor, Tensor]:
     """(H_xy,i v, H_yy,i v) of ``loss`` per worker, or their sums with ``reduce``."""
-    if reduce and _shared(x, y, v):
-        _, pull = vjp(grad(_summed(loss, batch), argnums=1), x, y)
-        return pull(v)
-    hx, hy = vmap(_hvp_one(loss), in_dims=(*_dims(x, y, v), 0))(x, y, v, batch)
-    return (hx.sum(0), hy.sum(0)) if reduce else (hx, hy)
+    return grad_y_hvp(loss, x, y, v, batch, reduce)[1:]
 
 
 class Oracles:
@@ -91,6 +98,9 @@ class Oracles:
 
     def hvp_g(self, x, y, v, batch, reduce=False):
         return hvp(self.problem.g, x, y, v, batch, reduce)
+
+    def grad_y_hvp_g(self, x, y, v, batch, reduce=False):
+        return grad_y_hvp(self.problem.g, x, y, v, batch, reduce)
 
     def f_values(self, x, y, batch):
         return loss_values(self.problem.f, x, y, batch)

@@ -35,8 +35,7 @@ def soba_directions(oracles, x: Tensor, y: Tensor, v: Tensor, batch_f, batch_g,
                     reduce: bool) -> dict[str, Tensor]:
     """(D_x, D_y, D_v) per worker [n, d], or summed over local workers with ``reduce``."""
     gx_f, gy_f = oracles.grad_f(x, y, batch_f, reduce)
-    d_y = oracles.grad_g_y(x, y, batch_g, reduce)
-    hxy_v, hyy_v = oracles.hvp_g(x, y, v, batch_g, reduce)
+    d_y, hxy_v, hyy_v = oracles.grad_y_hvp_g(x, y, v, batch_g, reduce)
     return {"x": gx_f - hxy_v, "y": d_y, "v": hyy_v - gy_f}
 
 
