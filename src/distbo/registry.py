@@ -1,10 +1,12 @@
 """Name -> implementation tables for tasks, algorithms and compressors, with their parameter schemas."""
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError, unknown
 
@@ -13,6 +15,17 @@ class Params(BaseModel):
     """Base of every parameter schema: typed, range-checked, unknown keys rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion(cls, v: Any, info: ValidationInfo) -> Any:
+        """Refuse the lax conversions pydantic would make silently: true -> 1, "8" -> 8, 8.0 -> 8."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None:
+            problem = _type_mismatch(field.annotation, v)
+            if problem:
+                raise ValueError(problem)
+        return v
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,40 @@ class Registry:
         return list(self._entries.values())
 
 
+def _scalar_types(annotation: Any) -> tuple[set, Any]:
+    """(the plain scalar types a field accepts, the element annotation if it is a list)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return {a for a in typing.get_args(annotation) if a in (bool, int, float, str, type(None))}, None
+    if origin is list:
+        return set(), (typing.get_args(annotation) or (Any,))[0]
+    return ({annotation} if annotation in (bool, int, float, str) else set()), None
+
+
+def _type_mismatch(annotation: Any, v: Any) -> str | None:
+    """Why ``v`` is the wrong kind of value for ``annotation`` (None if fine or not checked here)."""
+    allowed, item = _scalar_types(annotation)
+    if item is not None and isinstance(v, list):
+        return next((f"item {i}: {p}" for i, x in enumerate(v) if (p := _type_mismatch(item, x))), None)
+    if not allowed or str in allowed or v is None:
+        return None
+    kind = type(v)
+    if kind is bool and bool not in allowed:
+        return "expected a number, not true/false"
+    if kind is str:
+        return f"expected {_kinds(allowed)}, not a string"
+    if isinstance(v, float) and kind is not bool and allowed & {int, float} == {int}:
+        return "expected an integer, not a decimal number"
+    if allowed == {bool} and kind is not bool:
+        return "expected true or false"
+    return None
+
+
+def _kinds(allowed: set) -> str:
+    names = [n for t, n in ((bool, "true/false"), (int, "an integer"), (float, "a number")) if t in allowed]
+    return " or ".join(names[-1:] if float in allowed and int in allowed else names) or "a value"
+
+
 def validate(model: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
     """Build ``model`` from ``data``; turn the first validation error into a one-line ConfigError."""
     try:
@@ -54,15 +101,31 @@ def validate(model: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        owner, name = _owner(model, err["loc"])
         if err["type"] == "extra_forbidden":
-            raise unknown(field, loc.split(".")[-1], model.model_fields, "key") from None
-        allowed = _describe_field(model, err["loc"][0]) if err["loc"] else ""
-        raise ConfigError(field, f"{err['msg']} (got {err.get('input')!r}){allowed}") from None
+            raise unknown(field, str(name), owner.model_fields, "key") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(field, f"{msg} (got {err.get('input')!r}){_describe_field(owner, name)}") from None
+
+
+def _owner(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], Any]:
+    """The (nested) model that owns the field at ``loc``, and the field's name in it."""
+    for i, part in enumerate(loc[:-1]):
+        info = model.model_fields.get(str(part))
+        sub = info.annotation if info is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return model, part
+        model = sub
+    return model, (loc[-1] if loc else "")
 
 
 def _describe_field(model: type[BaseModel], name: Any) -> str:
     info = model.model_fields.get(str(name))
     if info is None:
         return ""
-    ann = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-    return f"; expected {ann}" + (f" ({info.description})" if info.description else "")
+    ann = info.annotation
+    if typing.get_origin(ann) is typing.Literal:
+        text = "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    else:
+        text = str(ann).replace("typing.", "") if typing.get_args(ann) else getattr(ann, "__name__", str(ann))
+    return f"; expected {text}" + (f" ({info.description})" if info.description else "")
