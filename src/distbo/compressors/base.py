@@ -117,6 +117,9 @@ def make_compressor(spec: str, field: str = "compressor") -> Compressor:
                           + ", ".join(COMPRESSORS.names()))
     name, _, arg = spec.partition(":")
     entry = COMPRESSORS.get(name, field)
-    comp = entry.build(arg or None)
+    try:
+        comp = entry.build(arg or None)
+    except ConfigError as exc:  # builders name 'compressor'; report the field being parsed
+        raise ConfigError(field, exc.message) from None
     comp.spec = spec
     return comp

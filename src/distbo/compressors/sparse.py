@@ -1,0 +1,111 @@
+"""Sparsifiers: rand-K (unbiased) and top-K (contractive), ALGORITHMS.md section 5.
+
+Both keep K coordinates per row, batched over the worker axis. K is given as a count ('100') or
+as a fraction of d ('0.05') and resolved against each message's d (``resolve_k``).
+
+- rand-K sends its K values and the 32-bit seed of the row; the decoder regenerates the same K
+  indices from that seed (``rng.subset``) and scales by d/K: 32 K + 32 bits. Unbiased,
+  omega = d/K - 1.
+- top-K sends the K largest-magnitude values and their indices, each index in ceil(log2 d) bits:
+  K (32 + ceil(log2 d)) bits. Contractive, delta = K/d.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import rng
+from ..comm.messages import float_bits
+from ..errors import ConfigError
+from .base import COMPRESSORS, Compressor, resolve_k
+
+SEED_BITS = 32
+
+
+def check_size(name: str, arg: str | None) -> str:
+    """Validate K at parse time: a count >= 1 or a fraction in (0, 1]."""
+    example = f"e.g. {name}:0.05 (fraction of d) or {name}:100 (count)"
+    if arg is None:
+        raise ConfigError("compressor", f"{name} needs a size K, {example}")
+    try:
+        val = float(arg)
+    except ValueError:
+        raise ConfigError("compressor", f"{name} size '{arg}' is not a number; {example}") from None
+    if not math.isfinite(val) or val <= 0:
+        raise ConfigError("compressor", f"{name} size must be > 0, got '{arg}'; {example}")
+    fraction = val < 1 or "." in arg
+    if fraction and val > 1:
+        raise ConfigError("compressor", f"{name} fraction must be in (0, 1], got '{arg}'; {example}")
+    if not fraction and val != int(val):
+        raise ConfigError("compressor", f"{name} count must be an integer, got '{arg}'; {example}")
+    return arg
+
+
+def index_bits(d: int) -> int:
+    """Bits of one coordinate index in [0, d)."""
+    return max(0, math.ceil(math.log2(d)))
+
+
+class RandK(Compressor):
+    """K uniformly random coordinates per row, scaled by d/K (unbiased)."""
+
+    kind = "unbiased"
+
+    def __init__(self, k: str):
+        self.k_arg = k
+
+    def k(self, d: int) -> int:
+        return resolve_k(self.k_arg, d)
+
+    def encode(self, u, keys):
+        d = u.shape[-1]
+        seeds = keys.to(torch.int64) & 0xFFFFFFFF
+        idx = rng.subset(seeds, d, self.k(d))
+        return {"values": (torch.gather(u, -1, idx), float_bits(u)), "seed": (seeds, SEED_BITS)}
+
+    def decode(self, fields, d):
+        values, seeds = fields["values"][0], fields["seed"][0]
+        k = values.shape[-1]
+        idx = rng.subset(seeds, d, k)
+        out = values.new_zeros(values.shape[:-1] + (d,))
+        return out.scatter_(-1, idx, values * (d / k))
+
+    def omega(self, d):
+        return d / self.k(d) - 1.0
+
+
+class TopK(Compressor):
+    """The K largest-magnitude coordinates of each row (contractive, delta = K/d)."""
+
+    kind = "contractive"
+
+    def __init__(self, k: str):
+        self.k_arg = k
+
+    def k(self, d: int) -> int:
+        return resolve_k(self.k_arg, d)
+
+    def encode(self, u, keys):
+        d = u.shape[-1]
+        idx = torch.topk(u.abs(), self.k(d), dim=-1, sorted=False).indices
+        return {"values": (torch.gather(u, -1, idx), float_bits(u)), "indices": (idx, index_bits(d))}
+
+    def decode(self, fields, d):
+        values, idx = fields["values"][0], fields["indices"][0]
+        return values.new_zeros(values.shape[:-1] + (d,)).scatter_(-1, idx, values)
+
+    def delta(self, d):
+        return self.k(d) / d
+
+
+@COMPRESSORS.register("randk", summary="rand-K: K random coordinates x d/K, unbiased (omega = d/K - 1); "
+                      "32 K + 32 bits")
+def _randk(arg):
+    return RandK(check_size("randk", arg))
+
+
+@COMPRESSORS.register("topk", summary="top-K: K largest-magnitude coordinates, contractive (delta = K/d); "
+                      "K (32 + ceil(log2 d)) bits")
+def _topk(arg):
+    return TopK(check_size("topk", arg))
