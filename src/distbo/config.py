@@ -135,7 +135,7 @@ class Resolved:
 
     def as_dict(self) -> dict[str, Any]:
         d = self.run.model_dump()
-        d["task"] = {"name": self.run.task.get("name", "custom"),
-                     **(self.task.model_dump() if self.task is not None else {})}
+        d["task"] = ({"name": self.run.task["name"], **self.task.model_dump()} if self.task is not None
+                     else {"name": "custom"})  # a user-defined Problem
         d["algorithm"] = {"name": self.run.algorithm["name"], **self.algorithm.model_dump()}
         return d
