@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from .algorithms import ALGORITHMS, Clients, Context
-from .comm.base import Communicator
+from .comm.base import CommStats, Communicator
 from .comm.simulated import SimulatedComm
 from .compressors import make_compressor
 from .config import DTYPES, Resolved, RunConfig, check_run
@@ -95,21 +96,27 @@ def _tensors(obj: Any, prefix: str):
             yield from _tensors(v, f"{prefix}[{i}]")
 
 
-def check_finite(state: Any, t: int) -> None:
-    for name, tensor in _tensors(state, ""):
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise DivergenceError(f"diverged at round {t}: non-finite values in '{name}' "
-                                  "(try smaller step sizes)")
+def check_finite(state: Any, t: int, comm: Communicator | None = None) -> None:
+    """Raise DivergenceError naming the round and the first non-finite variable. With several
+    processes they agree (a NaN may sit in another process's block of per-worker state)."""
+    bad = next((name for name, tensor in _tensors(state, "")
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+    if comm is not None and comm.world_size > 1:
+        if float(comm.all_sum(torch.tensor([float(bad is not None)], dtype=torch.float64))) > 0:
+            bad = bad or "the state of another process"
+    if bad is not None:
+        raise DivergenceError(f"diverged at round {t}: non-finite values in '{bad}' (try smaller step sizes)")
 
 
 class Outputs:
     """The run folder; only the main process writes."""
 
-    def __init__(self, out: Path | None, enabled: bool):
+    def __init__(self, out: Path | None, enabled: bool, fresh: bool = True):
         self.dir = out if enabled else None
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "metrics.jsonl").write_text("")
+            if fresh:
+                (self.dir / "metrics.jsonl").write_text("")
 
     def write_json(self, name: str, obj: Any) -> None:
         if self.dir is not None:
@@ -124,18 +131,26 @@ class Outputs:
 
 
 def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: bool = False,
-            comm: Communicator | None = None) -> Result:
-    """Run the round loop of a resolved configuration."""
+            comm: Communicator | None = None, resume: bool = False) -> Result:
+    """Run the round loop of a resolved configuration (``resume``: from the checkpoint in ``out``)."""
     run: RunConfig = res.run
     torch.manual_seed(run.seed)
     algorithm, comm = build(res, problem, comm)
-    files = Outputs(Path(out) if out is not None else None, comm.is_main)
-    config = {**res.as_dict(), "task_info": problem.describe()}
-    files.write_json("config.json", config)
-
+    out = Path(out) if out is not None else None
     state = algorithm.init()
     rows: list[dict[str, Any]] = []
-    train_s = 0.0
+    train_s, start = 0.0, 0
+    ck = checkpoint.load(out, comm.rank, state, comm.world_size) if resume and out is not None else None
+    if resume:
+        checkpoint.check_same_round(ck.round if ck is not None else -1, comm)
+    if ck is not None:
+        state, start, train_s = ck.state, ck.round, ck.train_s
+        comm.stats = CommStats(**ck.stats)
+        rows = checkpoint.restore_rows(out, ck.rows, truncate=comm.is_main)
+    files = Outputs(out, comm.is_main, fresh=ck is None)
+    config = {**res.as_dict(), "task_info": problem.describe()}
+    files.write_json("config.json", config)
+    saved: int | None = start if ck is not None else None  # round of the last checkpoint
 
     def evaluate(t: int) -> dict[str, Any]:
         x, y = algorithm.point(state)
@@ -147,22 +162,29 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
 
     status = "completed"
     show = progress and comm.is_main and sys.stderr.isatty()
-    bar = tqdm(total=run.rounds, disable=not show, leave=False,
+    bar = tqdm(total=run.rounds, initial=start, disable=not show, leave=False,
                desc=f"{run.algorithm['name']}", unit="round")
     try:
-        evaluate(0)
-        for t in range(run.rounds):
+        if ck is None:
+            evaluate(0)
+        for t in range(start, run.rounds):
             tic = time.perf_counter()
             state = algorithm.step(state, t)
             train_s += time.perf_counter() - tic
-            check_finite(state, t + 1)
+            check_finite(state, t + 1, comm)  # before any output: a diverged state is never saved
             if (t + 1) % run.eval_every == 0 or t + 1 == run.rounds:
                 row = evaluate(t + 1)
                 bar.set_postfix(upper_loss=f"{row['upper_loss']:.4g}", refresh=False)
+            if out is not None and checkpoint.due(t + 1, run.checkpoint_every, run.rounds):
+                checkpoint.save(out, comm.rank, checkpoint.Checkpoint(
+                    t + 1, state, comm.stats.as_dict(), train_s, len(rows)), comm.world_size)
+                saved = t + 1
             bar.update(1)
-    except DivergenceError:
+    except DivergenceError as exc:
         status = "diverged"
-        raise
+        kept = (f"the checkpoint of round {saved} is kept" if saved is not None
+                else "no checkpoint was written") if out is not None else "nothing was saved (no output folder)"
+        raise DivergenceError(f"{exc}; {kept}") from None
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -170,7 +192,18 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
         bar.close()
         files.write_json("summary.json", summary(rows, status, run))
     x, y = algorithm.point(state)
-    return Result(rows, x, y, state, config, files.dir, status)
+    return Result(rows, x, y, state, config, files.dir, status, {"resumed_from": start} if resume else {})
+
+
+def resume(out: str | Path, progress: bool = False, problem: Problem | None = None,
+           comm: Communicator | None = None) -> Result:
+    """Continue the run in folder ``out`` from its last checkpoint (from round 0 if it has none),
+    with the configuration in its config.json; pass ``problem`` again for a user-defined one."""
+    raw = checkpoint.load_config(Path(out), user_problem=problem is not None)
+    if problem is not None:
+        raw["workers"] = problem.n_workers
+    res, problem = resolve(raw, problem)
+    return execute(res, problem, Path(out), progress, comm, resume=True)
 
 
 def summary(rows: list[dict[str, Any]], status: str, run: RunConfig) -> dict[str, Any]:

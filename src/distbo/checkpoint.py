@@ -1,0 +1,156 @@
+"""Checkpoints and resuming: one file per process, written atomically.
+
+A checkpoint holds what the next round needs and nothing more: the algorithm state, the number of
+completed rounds, the communication counters (CommStats), the training time so far and the number
+of metric rows already written. Every random draw is a pure function of (seed, round, stream,
+worker) (rng.py), so there is no generator state to save, and a resumed run repeats exactly the
+rounds an uninterrupted run would have made.
+
+The state is saved as its list of leaves (tensors and plain numbers); its structure (NamedTuples,
+tuples, dicts) comes from ``algorithm.init()`` on resume, so loading needs no pickled classes
+(``torch.load(weights_only=True)``) and a configuration that no longer matches is caught.
+Under torch.distributed every process holds its own block of per-worker state and writes its own
+shard ``checkpoint-rank{r}.pt``; only the main process writes metrics.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+VERSION = 1
+Leaf = Any  # a tensor or a plain value (int, float, bool, str, None)
+
+
+@dataclass
+class Checkpoint:
+    round: int  # completed rounds
+    state: Any
+    stats: dict[str, int]  # CommStats.as_dict()
+    train_s: float
+    rows: int  # metric rows written when the checkpoint was taken
+
+
+def path(out: Path, rank: int) -> Path:
+    return Path(out) / f"checkpoint-rank{rank}.pt"
+
+
+def due(done: int, every: int, total: int) -> bool:
+    """Checkpoint after ``done`` rounds? Every ``every`` rounds (0: never) and always at the end."""
+    return done == total or (every > 0 and done % every == 0)
+
+
+def flatten(tree: Any) -> list[Leaf]:
+    """Leaves of a state made of NamedTuples, tuples, lists and dicts, in a fixed order."""
+    if isinstance(tree, (tuple, list)):
+        return [leaf for item in tree for leaf in flatten(item)]
+    if isinstance(tree, dict):
+        return [leaf for k in tree for leaf in flatten(tree[k])]
+    return [tree]
+
+
+def unflatten(template: Any, leaves: list[Leaf]) -> Any:
+    """``template`` with its leaves replaced, in ``flatten`` order; shapes and dtypes must match."""
+    it = iter(leaves)
+
+    def build(node: Any, where: str) -> Any:
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            return type(node)(*(build(v, f"{where}.{k}") for k, v in zip(node._fields, node)))
+        if isinstance(node, (tuple, list)):
+            return type(node)(build(v, f"{where}[{i}]") for i, v in enumerate(node))
+        if isinstance(node, dict):
+            return {k: build(v, f"{where}.{k}") for k, v in node.items()}
+        leaf = next(it, _MISSING)
+        if leaf is _MISSING:
+            raise _mismatch(f"it has fewer values than the state ({where or 'state'})")
+        if isinstance(node, torch.Tensor):
+            if not isinstance(leaf, torch.Tensor) or leaf.shape != node.shape or leaf.dtype != node.dtype:
+                got = (tuple(leaf.shape), leaf.dtype) if isinstance(leaf, torch.Tensor) else type(leaf).__name__
+                raise _mismatch(f"'{where.lstrip('.')}' is {got}, the state needs {(tuple(node.shape), node.dtype)}")
+        return leaf
+
+    state = build(template, "")
+    if next(it, _MISSING) is not _MISSING:
+        raise _mismatch("it has more values than the state")
+    return state
+
+
+_MISSING = object()
+
+
+def _mismatch(why: str) -> ConfigError:
+    return ConfigError("--resume", f"the checkpoint does not match this configuration: {why}")
+
+
+def save(out: Path, rank: int, ck: Checkpoint, world_size: int = 1) -> Path:
+    """Write this process's shard atomically (a temporary file, then os.replace)."""
+    final = path(out, rank)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp")
+    torch.save({"version": VERSION, "round": ck.round, "leaves": flatten(ck.state), "stats": dict(ck.stats),
+                "train_s": ck.train_s, "rows": ck.rows, "world_size": world_size}, tmp)
+    os.replace(tmp, final)
+    return final
+
+
+def load(out: Path, rank: int, template: Any, world_size: int = 1) -> Checkpoint | None:
+    """This process's shard, with its state rebuilt on ``template``; None if there is none yet."""
+    p = path(out, rank)
+    if not p.is_file():
+        return None
+    try:
+        d = torch.load(p, weights_only=True)
+    except Exception as exc:  # a torn or foreign file: say which, in one line
+        raise ConfigError("--resume", f"cannot read {p}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if d.get("version") != VERSION:
+        raise ConfigError("--resume", f"{p} has format version {d.get('version')}, this distbo reads {VERSION}")
+    if d["world_size"] != world_size:
+        raise ConfigError("--resume", f"the checkpoint was written by {d['world_size']} processes, "
+                          f"not {world_size}; resume with --procs {d['world_size']}")
+    return Checkpoint(d["round"], unflatten(template, d["leaves"]), d["stats"], d["train_s"], d["rows"])
+
+
+def check_same_round(done: int, comm: Any) -> None:
+    """All processes must resume from the same round (-1: no shard); say so if they would not."""
+    if comm.world_size > 1:
+        s = comm.all_sum(torch.tensor([float(done), float(done) ** 2], dtype=torch.float64))
+        if float(s[1]) * comm.world_size != float(s[0]) ** 2:  # equal iff all rounds are equal
+            raise ConfigError("--resume", "the checkpoint shards of the processes are from different rounds "
+                              "(a process stopped while writing); start the run again")
+
+
+def restore_rows(out: Path, n: int, truncate: bool) -> list[dict[str, Any]]:
+    """The first ``n`` metric rows; with ``truncate`` the file is cut to them (atomically), so
+    rows written after the checkpoint are not repeated."""
+    p = Path(out) / "metrics.jsonl"
+    lines = p.read_text().splitlines(keepends=True) if p.is_file() else []
+    if len(lines) < n:
+        raise ConfigError("--resume", f"{p} has {len(lines)} rows, the checkpoint expects at least {n}")
+    rows = [json.loads(line) for line in lines[:n]]
+    if truncate:
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text("".join(lines[:n]))
+        os.replace(tmp, p)
+    return rows
+
+
+def load_config(out: Path, user_problem: bool = False) -> dict[str, Any]:
+    """The run configuration saved in ``out/config.json``, as raw input for ``runner.resolve``
+    (without the task section when the run's user-defined Problem is given again)."""
+    from .config import RunConfig
+
+    p = Path(out) / "config.json"
+    if not p.is_file():
+        raise ConfigError("--resume", f"{out} is not a run folder (no config.json)")
+    conf = json.loads(p.read_text())
+    custom = conf.get("task", {}).get("name") == "custom"
+    if custom and not user_problem:
+        raise ConfigError("--resume", "this run used a user-defined Problem; resume it from Python with "
+                          "distbo.runner.resume(DIR, problem=...)")
+    return {k: v for k, v in conf.items() if k in RunConfig.model_fields and not (k == "task" and custom)}
