@@ -58,6 +58,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .config import apply_set, load_toml, merge
     from .runner import execute, resolve
 
+    if a.resume:
+        return _resume(a)
     raw: dict[str, Any] = load_toml(a.config) if a.config else {}
     raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
                 rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs)
@@ -70,6 +72,24 @@ def cmd_run(a: argparse.Namespace) -> int:
     if not a.quiet:
         print_rows(result.metrics)
     print(f"wrote {out}")
+    return 0
+
+
+def _resume(a: argparse.Namespace) -> int:
+    """``distbo run --resume DIR``: the configuration comes from DIR/config.json, nothing else."""
+    from .errors import ConfigError
+    from .runner import resume
+
+    flags = ("config", "task", "algorithm", "compressor", "workers", "rounds", "eval_every", "seed",
+             "procs", "sets", "out")
+    given = [("CONFIG" if k == "config" else f"--{k.rstrip('s') if k == 'sets' else k.replace('_', '-')}")
+             for k in flags if getattr(a, k) not in (None, [])]
+    if given:
+        raise ConfigError("--resume", f"uses the run's own config.json; drop {', '.join(given)}")
+    result = resume(a.resume, progress=not a.quiet)
+    if not a.quiet:
+        print_rows(result.metrics)
+    print(f"resumed {a.resume} from round {result.extra['resumed_from']}")
     return 0
 
 
