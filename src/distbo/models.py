@@ -87,6 +87,29 @@ class DenseNet:
             off += s[l + 1]
         return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
+    def coords(self, part: str, idx: list[Tensor]) -> Tensor:
+        """Flat positions of the sub-network's ``part`` parameters; ``idx[h]`` may carry a leading
+        client axis ([n, k_h]), giving one row of positions per client ([n, numel(part, sub)])."""
+        if idx and idx[0].dim() == 2:
+            return torch.vmap(lambda *i: self._coords(part, list(i)))(*idx)
+        return self._coords(part, idx)
+
+    def coverage(self, part: str, kept: list[Tensor], n: int) -> Tensor:
+        """How many of n sub-networks keep each coordinate of ``part`` (float counts).
+
+        ``kept[h]`` is the [n, sizes[h + 1]] 0/1 matrix of the units each sub-network keeps in
+        hidden layer h. A weight is kept when both its units are, so a layer's weight counts are
+        the product rows' @ cols of its units' matrices, and its bias counts those of its rows.
+        """
+        s = self.sizes
+        dt = kept[0].dtype if kept else torch.float64
+        full = [torch.ones(n, s[0], dtype=dt), *kept, torch.ones(n, s[-1], dtype=dt)]
+        pieces = []
+        for l in self._layers(part):
+            rows, cols = full[l + 1], full[l]
+            pieces += [(rows.T @ cols).reshape(-1), rows.sum(0)]
+        return torch.cat(pieces) if pieces else torch.zeros(0, dtype=dt)
+
     def slice_params(self, flat: Tensor, part: str, idx: list[Tensor]) -> Tensor:
         """The sub-network's flat parameters of ``part`` for hidden-unit indices ``idx`` (one per hidden layer)."""
         return flat[self._coords(part, idx)]

@@ -81,6 +81,17 @@ def hvp(loss: Loss, x: Tensor, y: Tensor, v: Tensor, batch: Batch,
     return grad_y_hvp(loss, x, y, v, batch, reduce)[1:]
 
 
+def fd_grad_y_hvp(loss: Loss, x: Tensor, y: Tensor, v: Tensor, batch: Batch, delta: float,
+                  reduce: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_y loss_i, H_xy,i v, H_yy,i v) second-order free, by central differences of the
+    gradient (ALGORITHMS.md section 4):
+      H_yy v ~ (grad_y g(x, y + delta v) - grad_y g(x, y - delta v)) / (2 delta), H_xy v alike,
+    with error O(delta^2). Three gradient passes, no graph of a graph."""
+    gx_p, gy_p = grad_xy(loss, x, y + delta * v, batch, reduce)
+    gx_m, gy_m = grad_xy(loss, x, y - delta * v, batch, reduce)
+    return grad_y(loss, x, y, batch, reduce), (gx_p - gx_m) / (2 * delta), (gy_p - gy_m) / (2 * delta)
+
+
 class Oracles:
     """The oracles of one problem: f- and g-derivatives with the worker axis handled."""
 
@@ -107,3 +118,17 @@ class Oracles:
 
     def g_values(self, x, y, batch):
         return loss_values(self.problem.g, x, y, batch)
+
+
+class FiniteDifferenceOracles(Oracles):
+    """The same oracles with the products H_xy v, H_yy v of g by central finite differences."""
+
+    def __init__(self, problem: Problem, delta: float):
+        super().__init__(problem)
+        self.delta = delta
+
+    def hvp_g(self, x, y, v, batch, reduce=False):
+        return self.grad_y_hvp_g(x, y, v, batch, reduce)[1:]
+
+    def grad_y_hvp_g(self, x, y, v, batch, reduce=False):
+        return fd_grad_y_hvp(self.problem.g, x, y, v, batch, self.delta, reduce)

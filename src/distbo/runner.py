@@ -77,7 +77,7 @@ def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
     down = make_compressor(run.downlink, "downlink")
     ctx = Context(problem=problem, comm=comm, compressor=make_compressor(run.compressor), seed=run.seed,
                   clients=Clients(**run.clients.model_dump()),
-                  downlink=None if down.kind == "exact" else down)
+                  downlink=None if down.kind == "exact" else down, rounds=run.rounds)
     algorithm = ALGORITHMS.get(run.algorithm["name"]).build(ctx, res.algorithm)
     return algorithm, comm
 

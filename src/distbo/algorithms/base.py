@@ -46,6 +46,7 @@ class Context:
     seed: int = 0
     clients: Clients = field(default_factory=Clients)
     downlink: Compressor | None = None  # None: the server broadcasts uncompressed
+    rounds: int | None = None  # planned outer iterations (None: not known)
 
 
 class StepSizes(Params):
