@@ -1,0 +1,105 @@
+"""Reading run folders (config.json, metrics.jsonl, summary.json) for plots and tables.
+
+An interrupted or diverged run is read as far as it got: its metric rows are what it wrote.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, unknown
+
+#: short names accepted for metric fields (``--x rounds`` is the ``round`` field)
+ALIASES = {"rounds": "round", "bits": "bits_up", "time": "wall_s"}
+
+
+@dataclass
+class RunDir:
+    path: Path
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def algorithm(self) -> str:
+        return str(self.config.get("algorithm", {}).get("name", "?"))
+
+    @property
+    def compressor(self) -> str:
+        return str(self.config.get("compressor", "identity"))
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "running or killed"))
+
+    def fields(self) -> set[str]:
+        return {k for r in self.rows for k, v in r.items() if isinstance(v, (int, float))}
+
+    def series(self, name: str) -> list[tuple[float, dict[str, Any]]]:
+        """(value of ``name``, row) for every row where it is a finite number."""
+        return [(float(r[name]), r) for r in self.rows
+                if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
+
+
+def load(path: str | Path) -> RunDir:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ConfigError("RUN_DIR", f"{p} is not a run folder (no config.json)")
+    rows = []
+    metrics = p / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a last line cut short by a kill
+                break
+    summ = p / "summary.json"
+    return RunDir(p, json.loads((p / "config.json").read_text()), rows,
+                  json.loads(summ.read_text()) if summ.is_file() else {})
+
+
+def load_all(paths: list[str | Path]) -> list[RunDir]:
+    if not paths:
+        raise ConfigError("RUN_DIR", "give at least one run folder")
+    return [load(p) for p in paths]
+
+
+def field_name(runs: list[RunDir], name: str, option: str) -> str:
+    """``name`` (or its alias) as a metrics field every run has; else a one-line error."""
+    name = ALIASES.get(name, name)
+    for run in runs:
+        have = run.fields()
+        if name not in have:
+            where = f" in {run.path}" if len(runs) > 1 else ""
+            raise unknown(option, name, have | set(ALIASES), f"metrics field{where}")
+    return name
+
+
+def labels(runs: list[RunDir]) -> list[str]:
+    """'algorithm, compressor' per run; runs that share one get the config values that differ."""
+    base = [f"{r.algorithm}, {r.compressor}" for r in runs]
+    out = list(base)
+    for lab in set(base):
+        group = [i for i, b in enumerate(base) if b == lab]
+        if len(group) < 2:
+            continue
+        flat = [_flatten({k: v for k, v in runs[i].config.items() if k != "task_info"}) for i in group]
+        keys = sorted(k for k in set().union(*flat) if len({json.dumps(f.get(k)) for f in flat}) > 1)
+        for i, f in zip(group, flat):
+            extra = ", ".join(f"{k.split('.')[-1]}={f.get(k)}" for k in keys[:3])
+            out[i] = f"{lab}, {extra}" if extra else f"{lab} ({runs[i].path.name})"
+    return out
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
