@@ -7,8 +7,15 @@ Every worker evaluates at the broadcast (x, y, v), on independent f- and g-batch
 and the server steps  y -= beta mean D_y,  v -= gamma mean D_v (then projects v if asked),
 x -= alpha mean D_x, and broadcasts (x, y, v). Dagreou et al., NeurIPS 2022.
 
-The compressed variants (C-SOBA, CM-SOBA, EF-SOBA, MSC) are this same loop with another uplink
-and server filter (algorithms/pieces.py).
+The compressed variants (C-SOBA, CM-SOBA, EF-SOBA and the MSC ones, registered at the end) are
+this same loop with another uplink and server filter (algorithms/compression.py). A compressed
+down-link (``ctx.downlink``, config key ``downlink``) applies to every member: the server
+broadcasts compressed model updates with server-side error feedback and workers evaluate at their
+(identical) copies; see ``CompressedDownlink``.
+
+SOBA itself is uncompressed: given a compressor other than identity it refuses (one-line
+ConfigError on 'compressor') and points to c-soba / cm-soba / ef-soba, rather than silently
+ignoring the compressor or silently becoming C-SOBA.
 """
 from __future__ import annotations
 
@@ -16,7 +23,13 @@ from typing import Any, NamedTuple
 
 import torch
 
+from pydantic import Field
+
+from ..compressors import multi_step
+from ..errors import ConfigError
 from .base import ALGORITHMS, Algorithm, Context, StepSizes, project_ball, schedule_factor
+from .compression import (CompressedUplink, ErrorFeedbackUplink, MovingAverage, downlink_keys, make_downlink,
+                          require_unbiased)
 from .pieces import ExactUplink, NoFilter
 
 Tensor = torch.Tensor
@@ -29,6 +42,7 @@ class SOBAState(NamedTuple):
     v: Tensor
     up: Any = ()  # the uplink's state (e.g. error-feedback shifts)
     srv: Any = ()  # the server filter's state (e.g. moving averages)
+    down: Any = ()  # the down-link's state (the workers' copies of x, y, v when it is compressed)
 
 
 def soba_directions(oracles, x: Tensor, y: Tensor, v: Tensor, batch_f, batch_g,
@@ -46,16 +60,19 @@ class SOBA(Algorithm):
         super().__init__(ctx, hp)
         self.uplink = uplink or ExactUplink()
         self.server = server or NoFilter()
+        self.downlink = make_downlink(ctx.downlink)
         self.dims = {"x": self.problem.d_x, "y": self.problem.d_y, "v": self.problem.d_y}
 
     def init(self) -> SOBAState:
         x, y = self.x0y0()
-        return SOBAState(x, y, torch.zeros_like(y), self.uplink.init(self.dims, self.comm.n_local),
-                         self.server.init(self.dims))
+        v = torch.zeros_like(y)
+        return SOBAState(x, y, v, self.uplink.init(self.dims, self.comm.n_local), self.server.init(self.dims),
+                         self.downlink.init({"x": x, "y": y, "v": v}))
 
     def step(self, s: SOBAState, t: int) -> SOBAState:
         batch_f, batch_g = self.batches(t)
-        D = soba_directions(self.oracles, s.x, s.y, s.v, batch_f, batch_g,
+        z = self.downlink.view(s.down, {"x": s.x, "y": s.y, "v": s.v})  # the workers' copies
+        D = soba_directions(self.oracles, z["x"], z["y"], z["v"], batch_f, batch_g,
                             reduce=not self.uplink.per_worker)
         keys = {k: self.compress_keys(t, i) for i, k in enumerate(VARS)}
         up, est = self.uplink.send(s.up, D, self.comm, keys)
@@ -64,10 +81,68 @@ class SOBA(Algorithm):
         y = s.y - c * self.hp.beta * est["y"]
         v = project_ball(s.v - c * self.hp.gamma * est["v"], self.hp.radius)
         x = s.x - c * self.hp.alpha * est["x"]
-        self.comm.broadcast({"x": x, "y": y, "v": v})
-        return SOBAState(x, y, v, up, srv)
+        down = self.downlink.send(s.down, {"x": x, "y": y, "v": v}, self.comm,
+                                  lambda: downlink_keys(self, t, VARS))
+        return SOBAState(x, y, v, up, srv, down)
 
 
 @ALGORITHMS.register("soba", StepSizes, "SOBA, uncompressed single-loop baseline (Dagreou et al. 2022)")
 def _soba(ctx: Context, hp: StepSizes) -> SOBA:
+    if ctx.compressor.kind != "exact":
+        raise ConfigError("compressor", f"soba is uncompressed and would ignore '{ctx.compressor.spec}'; use "
+                          "c-soba or cm-soba (unbiased: randk, qsgd) or ef-soba (any compressor)")
     return SOBA(ctx, hp)
+
+
+# ----- the compressed variants (He et al., ICML 2024): hyper-parameters and compositions -----
+class MovingAverageSteps(StepSizes):
+    theta: float = Field(0.1, gt=0, le=1, description="moving-average weight (1 = no averaging)")
+    average_yv: bool = Field(False, description="also average the y and v estimates (h_y, h_v)")
+
+
+class ErrorFeedbackSteps(MovingAverageSteps):
+    rho: float | None = Field(None, gt=0, le=1, description="shift step (unset: 1 for contractive C, "
+                              "1/(1+omega) for unbiased C)")
+
+
+class MovingAverageMSC(MovingAverageSteps):
+    msc_steps: int = Field(2, ge=1, description="compression rounds R on the residual")
+
+
+class ErrorFeedbackMSC(ErrorFeedbackSteps):
+    msc_steps: int = Field(2, ge=1, description="compression rounds R on the residual")
+
+
+def _average(hp: MovingAverageSteps, ctx: Context) -> MovingAverage:
+    return MovingAverage(hp.theta, VARS if hp.average_yv else ("x",), ctx.problem.dtype)
+
+
+@ALGORITHMS.register("c-soba", StepSizes, "C-SOBA: SOBA with unbiased compression of the three directions")
+def _c_soba(ctx: Context, hp: StepSizes) -> SOBA:
+    require_unbiased("c-soba", ctx.compressor)
+    return SOBA(ctx, hp, uplink=CompressedUplink(ctx.compressor))
+
+
+@ALGORITHMS.register("cm-soba", MovingAverageSteps, "CM-SOBA: C-SOBA with a server moving average (theta)")
+def _cm_soba(ctx: Context, hp: MovingAverageSteps) -> SOBA:
+    require_unbiased("cm-soba", ctx.compressor)
+    return SOBA(ctx, hp, uplink=CompressedUplink(ctx.compressor), server=_average(hp, ctx))
+
+
+@ALGORITHMS.register("ef-soba", ErrorFeedbackSteps,
+                     "EF-SOBA: error-feedback shifts + moving average; any compressor, exact under heterogeneity")
+def _ef_soba(ctx: Context, hp: ErrorFeedbackSteps) -> SOBA:
+    uplink = ErrorFeedbackUplink(ctx.compressor, hp.rho, ctx.problem.dtype)
+    return SOBA(ctx, hp, uplink=uplink, server=_average(hp, ctx))
+
+
+@ALGORITHMS.register("cm-soba-msc", MovingAverageMSC, "CM-SOBA with multi-step compression (R rounds on the residual)")
+def _cm_soba_msc(ctx: Context, hp: MovingAverageMSC) -> SOBA:
+    uplink = CompressedUplink(multi_step(ctx.compressor, hp.msc_steps))
+    return SOBA(ctx, hp, uplink=uplink, server=_average(hp, ctx))
+
+
+@ALGORITHMS.register("ef-soba-msc", ErrorFeedbackMSC, "EF-SOBA with multi-step compression (R rounds on the residual)")
+def _ef_soba_msc(ctx: Context, hp: ErrorFeedbackMSC) -> SOBA:
+    uplink = ErrorFeedbackUplink(multi_step(ctx.compressor, hp.msc_steps), hp.rho, ctx.problem.dtype)
+    return SOBA(ctx, hp, uplink=uplink, server=_average(hp, ctx))
