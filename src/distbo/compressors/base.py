@@ -93,7 +93,11 @@ class Identity(Compressor):
         return 0.0
 
 
-COMPRESSORS.register("identity", summary="no compression (32 d bits per message)")(lambda arg: Identity())
+@COMPRESSORS.register("identity", summary="no compression (32 d bits per message)")
+def _identity(arg):
+    if arg is not None:
+        raise ConfigError("compressor", f"identity takes no argument, got 'identity:{arg}' (use 'identity')")
+    return Identity()
 
 
 def resolve_k(arg: str | None, d: int, field: str = "compressor") -> int:
