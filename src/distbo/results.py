@@ -1,7 +1,8 @@
 """Result commands: ``distbo plot``, ``distbo compare`` and ``distbo reproduce``.
 
 Only argument handling lives here: run folders are read by rundirs.py, figures drawn by
-plotting.py, tables built by tables.py and suites run by suites.py.
+plotting.py, tables built by tables.py and suites run by suites.py. They are imported inside the
+commands, so that ``distbo run`` does not pay for matplotlib.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import argparse
 import os
 from pathlib import Path
 
-from . import plotting, rundirs, tables
 from .cli import command
 from .errors import ConfigError
 
@@ -28,6 +28,8 @@ def _plot_args(p: argparse.ArgumentParser) -> None:
 def plot_runs(paths: list[str], x: str, y: str, out: str | None = None, xscale: str = "auto",
               yscale: str = "auto", title: str | None = None, dpi: int = 100):
     """The figure of ``y`` against ``x`` for these run folders (written to ``out`` if given)."""
+    from . import plotting, rundirs
+
     runs = rundirs.load_all(paths)
     x, y = rundirs.field_name(runs, x, "--x"), rundirs.field_name(runs, y, "--y")
     fig = plotting.figure(runs, x, y, rundirs.labels(runs), xscale, yscale, title)
@@ -53,6 +55,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 
 def compare_runs(paths: list[str], target: str | None = None, fields: list[str] | None = None):
     """(header, rows, target) of the comparison table of these run folders."""
+    from . import rundirs, tables
+
     runs = rundirs.load_all(paths)
     tgt = tables.parse_target(target) if target else tables.default_target(runs)
     if tgt is not None:
@@ -65,6 +69,8 @@ def compare_runs(paths: list[str], target: str | None = None, fields: list[str] 
 
 @command("compare", "a table of final metrics, costs, and the cost to reach a target", _compare_args)
 def cmd_compare(a: argparse.Namespace) -> int:
+    from . import tables
+
     fields = [f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None
     header, body, tgt = compare_runs(a.runs, a.target, fields)
     print(tables.to_text(header, body), end="")
