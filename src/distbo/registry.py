@@ -1,6 +1,7 @@
 """Name -> implementation tables for tasks, algorithms and compressors, with their parameter schemas."""
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -98,7 +99,8 @@ def validate(model: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()  # an unknown key first: with a missing one, it is likely its misspelling
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = ".".join(str(p) for p in err["loc"])
         field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
         owner, name = _owner(model, err["loc"])
@@ -109,13 +111,18 @@ def validate(model: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
 
 
 def _owner(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], Any]:
-    """The (nested) model that owns the field at ``loc``, and the field's name in it."""
-    for i, part in enumerate(loc[:-1]):
-        info = model.model_fields.get(str(part))
+    """The (nested) model that owns the field at ``loc``, and the field's name in it (a list of
+    models is entered through its index: ``runs.0.label``)."""
+    i = 0
+    while i < len(loc) - 1:
+        info = model.model_fields.get(str(loc[i]))
         sub = info.annotation if info is not None else None
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
-            return model, part
-        model = sub
+        skip = 1
+        if typing.get_origin(sub) is list and isinstance(loc[i + 1], int):
+            sub, skip = typing.get_args(sub)[0], 2
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)) or i + skip >= len(loc):
+            return model, loc[i]
+        model, i = sub, i + skip
     return model, (loc[-1] if loc else "")
 
 
@@ -127,5 +134,6 @@ def _describe_field(model: type[BaseModel], name: Any) -> str:
     if typing.get_origin(ann) is typing.Literal:
         text = "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
     else:
-        text = str(ann).replace("typing.", "") if typing.get_args(ann) else getattr(ann, "__name__", str(ann))
+        text = (re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(ann)) if typing.get_args(ann)  # list[float]
+                else getattr(ann, "__name__", str(ann)))
     return f"; expected {text}" + (f" ({info.description})" if info.description else "")
