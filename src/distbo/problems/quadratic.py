@@ -24,7 +24,9 @@ def _spd(base: torch.Tensor, pert: torch.Tensor, h: float, mu: float) -> torch.T
 
 
 class Quadratic(Problem):
-    defaults = {"alpha": 0.1, "beta": 0.3, "gamma": 0.3}
+    # local steps of the federated methods run on single workers (L_i up to ~20 at heterogeneity 2)
+    defaults = {"alpha": 0.1, "beta": 0.3, "gamma": 0.3,
+                **{a: {"beta": 0.05} for a in ("aggitd", "fednest", "lfednest")}}
 
     def __init__(self, workers: int = 8, d_x: int = 10, d_y: int = 20, heterogeneity: float = 1.0,
                  noise: float = 0.0, mu: float = 1.0, seed: int = 0, dtype=torch.float32):

@@ -1,0 +1,84 @@
+"""AggITD: federated hypergradient by aggregated iterative differentiation (ALGORITHMS.md 3).
+
+Xiao & Ji, "Communication-Efficient Federated Hypergradient Computation via Aggregated Iterative
+Differentiation", ICML 2023. Per outer iteration t, with the sampled participants:
+
+  forward, FedAvg (N rounds):   y_i^{r,0} = y^r;  y_i^{r,m+1} = y_i^{r,m} - beta grad_y G_i(x, y_i^{r,m}; zeta_i^{r,m})
+                                y^{r+1} = mean_i y_i^{r,tau}          (clients send y^r - y_i^{r,tau})
+  (1 round)                     v^N = mean_i grad_y F_i(x, y^N);  h = mean_i grad_x F_i(x, y^N)  (same sample)
+  backward (N rounds), r = N-1 .. 0, client i, reusing the forward's iterates and minibatches:
+                                u = v^{r+1};  for m = tau-1 .. 0:
+                                  r_i += -beta H_xy,i(x, y_i^{r,m}) u;  u <- u - beta H_yy,i(x, y_i^{r,m}) u
+                                server: v^r = mean_i u
+  grad_hat = h + mean_i sum_r r_i;  x <- x - alpha grad_hat;  y^0 <- y^N for the next iteration.
+
+Each client keeps its own running sum of r_i and sends it once, with the last backward round,
+which does not send v^0 (it is not needed): 2N + 1 rounds per outer iteration. With fixed samples
+grad_hat is exactly the derivative of x -> F(x, y^N(x)) through the aggregated trajectory (the
+warm start carries no gradient); see tests/test_aggitd.py.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..problems.base import Batch
+from .base import ALGORITHMS, Context
+from .federated import FederatedAlgorithm, FederatedParams, FedRound, fedavg_round
+
+Tensor = torch.Tensor
+
+
+class AggITDParams(FederatedParams):
+    """alpha, beta; inner_rounds = N (FedAvg rounds), local_steps = tau."""
+
+
+class AggITDState(NamedTuple):
+    x: Tensor
+    y: Tensor  # the server's (averaged) lower-level variable, the warm start y^0
+
+
+class AggITD(FederatedAlgorithm):
+    Hyper = AggITDParams
+    hp: AggITDParams
+
+    def init(self) -> AggITDState:
+        return AggITDState(*self.x0y0())
+
+    def step(self, s: AggITDState, t: int) -> AggITDState:
+        fr = self.begin(t, x=s.x, y=s.y)
+        g = [fr.batches("g", self.hp.local_steps) for _ in range(self.hp.inner_rounds)]
+        grad, y = self.hypergradient(fr, s.x, s.y, g, fr.batch("f"))
+        return AggITDState(s.x - self.hp.alpha * grad, y)
+
+    def hypergradient(self, fr: FedRound, x: Tensor, y: Tensor, g: list[list[Batch | None]],
+                      f: Batch | None) -> tuple[Tensor, Tensor]:
+        """(grad_hat, y^N) from y^0 = ``y`` on the given minibatches: ``g[r][m]`` is the local
+        step m of FedAvg round r, ``f`` the upper-level sample (2N + 1 exchanges)."""
+        beta, c = self.hp.beta, self.clients
+        iterates = []  # iterates[r][m] = y_i^{r,m} (per participant)
+        for batches in g:
+            y, starts = fedavg_round(fr, c, x, y, batches, beta, keep=True)
+            iterates.append(starts)
+        gx, gy = c.grad_f(x, y, f, reduce=fr.exact)
+        out = fr.exchange({"v": gy, "h": gx})
+        v, h = out["v"], out["h"]
+        acc = torch.zeros(fr.n, x.numel(), dtype=x.dtype)  # each client's sum of r_i
+        for r in reversed(range(len(g))):
+            fr.broadcast({"v": v})
+            u = v.unsqueeze(0).expand(fr.n, -1)
+            for m in reversed(range(len(g[r]))):
+                hx, hy = c.hvp_g(x, iterates[r][m], u, g[r][m])
+                acc = acc - beta * hx
+                u = u - beta * hy
+            if r > 0:
+                v = fr.exchange({"v": u})["v"]
+        h = h + fr.exchange({"h": acc})["h"]
+        return h, y
+
+
+@ALGORITHMS.register("aggitd", AggITDParams,
+                     "AggITD: FedAvg lower level + aggregated iterative differentiation (Xiao & Ji 2023)")
+def _aggitd(ctx: Context, hp: AggITDParams) -> AggITD:
+    return AggITD(ctx, hp)

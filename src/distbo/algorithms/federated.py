@@ -1,0 +1,182 @@
+"""Steps shared by the federated algorithms AggITD, FedNest and LFedNest (ALGORITHMS.md 2 and 3).
+
+One outer iteration is a *session* (``FedRound``): the server samples its participants (a fraction
+of the clients, uniformly without replacement, from the round key, so every process draws the
+same set and keeps its local ones), each participant draws fresh minibatches, and every
+worker->server round goes through ``FedRound.exchange`` (compressed by ``ctx.compressor`` unless
+it is the identity, then sent as Dense / DenseSum). Per-participant quantities carry the worker
+axis [n, d] with n = the participants this process hosts, which may be 0 under torch.distributed:
+then ``batch`` returns None, ``ClientOracles`` returns empty rows (vmap cannot map over an empty
+axis) and ``exchange`` still calls ``comm.exchange`` exactly once, so every process makes the same
+number of exchanges.
+
+``local_steps`` is the clients' work of FedAvg (plain local SGD) and of FedInn (SVRG-corrected
+local steps); ``neumann`` the truncated Neumann series of FedIHGP (global) and LFedNest (local).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from pydantic import Field
+
+from .. import rng
+from ..comm.messages import Dense, DenseSum, Message
+from ..oracles import Oracles
+from ..problems.base import Batch
+from ..registry import Params
+from .base import STREAM_CLIENTS, STREAM_F, STREAM_G, Algorithm, Context
+
+Tensor = torch.Tensor
+
+
+class FederatedParams(Params):
+    """Hyper-parameters every federated method has."""
+
+    alpha: float = Field(0.1, gt=0, le=100, description="upper-level (x) step size")
+    beta: float = Field(0.05, gt=0, le=100, description="clients' local lower-level step size")
+    inner_rounds: int = Field(5, ge=1, le=10_000,
+                              description="lower-level rounds per outer iteration (AggITD's N, FedNest's T)")
+    local_steps: int = Field(5, ge=1, le=10_000, description="tau: clients' local steps per lower-level round")
+
+
+def sample_clients(key: Tensor, n_workers: int, fraction: float, local_workers: Tensor) -> tuple[Tensor, int]:
+    """Participants of one outer iteration: (global ids hosted here, number over all processes).
+
+    max(1, round(fraction * n)) clients, uniform without replacement, a pure function of ``key``.
+    """
+    m = max(1, min(n_workers, round(fraction * n_workers)))
+    if m == n_workers:
+        return local_workers, n_workers
+    chosen = rng.subset(key, n_workers, m)
+    return local_workers[torch.isin(local_workers, chosen)], m
+
+
+class ClientOracles:
+    """f- and g-oracles at the local participants; ``batch=None`` means there are none here."""
+
+    def __init__(self, oracles: Oracles):
+        self.o = oracles
+        p = oracles.problem
+        self.d_x, self.d_y, self.dtype = p.d_x, p.d_y, p.dtype
+
+    def _none(self, dims: tuple[int, ...], reduce: bool) -> tuple[Tensor, ...]:
+        return tuple(torch.zeros((d,) if reduce else (0, d), dtype=self.dtype) for d in dims)
+
+    def grad_f(self, x, y, batch, reduce=False) -> tuple[Tensor, Tensor]:
+        """(grad_x F_i, grad_y F_i) on one sample (the same for both)."""
+        if batch is None:
+            return self._none((self.d_x, self.d_y), reduce)
+        return self.o.grad_f(x, y, batch, reduce)
+
+    def grad_g_y(self, x, y, batch, reduce=False) -> Tensor:
+        if batch is None:
+            return self._none((self.d_y,), reduce)[0]
+        return self.o.grad_g_y(x, y, batch, reduce)
+
+    def hvp_g(self, x, y, v, batch, reduce=False) -> tuple[Tensor, Tensor]:
+        """(H_xy,i v, H_yy,i v)."""
+        if batch is None:
+            return self._none((self.d_x, self.d_y), reduce)
+        return self.o.hvp_g(x, y, v, batch, reduce)
+
+
+class FedRound:
+    """One outer iteration t: its participants, their minibatches and their messages."""
+
+    def __init__(self, alg: Algorithm, t: int):
+        ctx: Context = alg.ctx
+        self.alg, self.t, self.comm, self.compressor = alg, t, alg.comm, ctx.compressor
+        self.ids, self.total = sample_clients(rng.key(alg.round_key(t), STREAM_CLIENTS),
+                                              alg.comm.n_workers, ctx.clients.fraction, alg.workers)
+        self.n = int(self.ids.numel())
+        self.exact = ctx.compressor.kind == "exact"
+        self.draws = 0  # minibatches drawn so far (one sub-key each)
+        self.rounds = 0  # exchanges so far
+
+    def batch(self, level: str) -> Batch | None:
+        """A fresh minibatch per participant at level 'f' or 'g' (None if none is hosted here)."""
+        sub, self.draws = self.draws, self.draws + 1
+        if self.n == 0:
+            return None
+        k = rng.key(rng.key(self.alg.round_key(self.t), sub), STREAM_F if level == "f" else STREAM_G)
+        return self.alg.problem.sample(level, self.ids, k)
+
+    def batches(self, level: str, count: int) -> list[Batch | None]:
+        return [self.batch(level) for _ in range(count)]
+
+    def message(self, var: int, u: Tensor) -> Message:
+        """Rows [n, d] -> compressed Payload; with the identity compressor Dense rows, or a
+        DenseSum when ``u`` is already the local sum [d] (oracles with reduce=True)."""
+        if self.exact:
+            return Dense(u) if u.dim() == 2 else DenseSum(u, self.n)
+        if u.dim() != 2:
+            raise ValueError("a compressed message needs one row per participant")
+        return self.compressor.compress(u, self.alg.compress_keys(self.t, var, self.ids, self.rounds))
+
+    def exchange(self, rows: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One worker->server round: the server's mean of each message over all participants."""
+        msgs = {name: self.message(var, u) for var, (name, u) in enumerate(rows.items())}
+        self.rounds += 1
+        return self.comm.exchange(msgs)
+
+    def broadcast(self, items: dict[str, Tensor]) -> None:
+        """Server -> participants (counted in bits_down)."""
+        self.comm.broadcast(items, receivers=self.total)
+
+
+class FederatedAlgorithm(Algorithm):
+    """Base of the federated methods: per-outer-iteration sessions and client oracles."""
+
+    def __init__(self, ctx: Context, hp):
+        super().__init__(ctx, hp)
+        self.clients = ClientOracles(self.oracles)
+
+    def begin(self, t: int, **server: Tensor) -> FedRound:
+        """Open outer iteration t and send the server's state to its participants."""
+        fr = FedRound(self, t)
+        fr.broadcast(server)
+        return fr
+
+
+def local_steps(clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batch | None], beta: float,
+                n: int, q: Tensor | None = None, keep: bool = False) -> tuple[Tensor, list[Tensor]]:
+    """The participants' local steps on their copies, from the server's y (one per batch).
+
+    Plain (FedAvg, ALGORITHMS.md 3):  y_i <- y_i - beta grad_y G_i(x, y_i; zeta_m)
+    SVRG (FedInn, ALGORITHMS.md 2, given the server's mean gradient q at y):
+        y_i <- y_i - beta (grad_y G_i(x, y_i; zeta_m) - grad_y G_i(x, y; zeta_m) + q)
+    Returns the final copies [n, d_y] and, with ``keep``, the iterate each step started from
+    (y_i^{m}, m = 0..tau-1: where AggITD's backward sweep takes its Hessians).
+    """
+    Y = y.unsqueeze(0).expand(n, -1)
+    starts = []
+    for b in batches:
+        if keep:
+            starts.append(Y)
+        d = clients.grad_g_y(x, Y, b)
+        if q is not None:
+            d = d - clients.grad_g_y(x, y, b) + q
+        Y = Y - beta * d
+    return Y, starts
+
+
+def fedavg_round(fr: FedRound, clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batch | None],
+                 beta: float, q: Tensor | None = None, keep: bool = False) -> tuple[Tensor, list[Tensor]]:
+    """Local steps then one exchange of the model change y - y_i; the server's new y (broadcast)."""
+    Y, starts = local_steps(clients, x, y, batches, beta, fr.n, q, keep)
+    y = y - fr.exchange({"dy": y - Y})["dy"]
+    fr.broadcast({"y": y})
+    return y, starts
+
+
+def neumann(b: Tensor, eta: float, terms: int, product: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """eta * p_N with p_0 = b, p_{k+1} = b + p_k - eta H p_k  (= eta sum_{k<=N} (I - eta H)^k b).
+
+    ``product(p, k)`` is H p at term k: the server's mean over participants in FedIHGP (one
+    exchange per term), or each client's own Hessian in LFedNest (rows, no communication).
+    """
+    p = b
+    for k in range(terms):
+        p = b + p - eta * product(p, k)
+    return eta * p

@@ -1,0 +1,151 @@
+"""FedNest and LFedNest: the AID baselines of federated bilevel optimization (ALGORITHMS.md 2).
+
+Tarzanagh et al., "FedNest: Federated Bilevel, Minimax, and Compositional Optimization", ICML
+2022. One outer iteration t, with the sampled participants and clients' local copies:
+
+FedInn (T inner iterations; SWITCH ``inner``):
+  'svrg' (default, 2 rounds each): clients send grad_y G_i(x, y), the server averages to q; then
+         tau local steps y_i <- y_i - beta (grad_y G_i(x, y_i) - grad_y G_i(x, y) + q) on one fresh
+         minibatch per step, and the server averages the y_i (clients send y - y_i).
+  'sgd'  (1 round each): tau plain local SGD steps, then averaging (FedAvg).
+FedIHGP (1 + N rounds): clients send grad_y F_i(x, y), the server averages to b = p_0; then N
+  rounds of the GLOBAL Neumann series p_{k+1} = b + (I - eta H_yy) p_k, with H_yy p_k the server's
+  mean of the clients' H_yy,i p_k (fresh minibatch per term); v = eta p_N.
+FedOut (SWITCH ``outer``):
+  'global' (default, 1 round): clients send h_i = grad_x F_i - H_xy,i v (grad_x F_i from the
+         FedIHGP sample), the server averages to h;  x <- x - alpha h.
+  'local-svrg' (1 more round): after h, tau_x local SVRG steps
+         x_i <- x_i - alpha (h_i(x_i) - h_i(x) + h), then the server averages the x_i.
+Rounds per outer iteration: 2T + N + 2 ('svrg'), T + N + 2 ('sgd'), +1 with 'local-svrg'.
+
+LFedNest: T rounds of FedAvg (plain local SGD), then each client forms its OWN Neumann series with
+its own Hessian (v_i = eta p_N^i, no communication) and its own hypergradient
+h_i = grad_x F_i - H_xy,i v_i; one round averages them: x <- x - alpha mean_i h_i (T + 1 rounds).
+"""
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from pydantic import Field
+
+from ..problems.base import Batch
+from .base import ALGORITHMS, Context
+from .federated import FederatedAlgorithm, FederatedParams, FedRound, fedavg_round, neumann
+
+Tensor = torch.Tensor
+
+
+class LFedNestParams(FederatedParams):
+    """alpha, beta; inner_rounds = T, local_steps = tau; neumann_terms = N with step eta."""
+
+    neumann_terms: int = Field(10, ge=0, le=10_000, description="N: Neumann series terms")
+    eta: float = Field(0.1, gt=0, le=100, description="Neumann series step (below 1/L of g)")
+
+
+class FedNestParams(LFedNestParams):
+    inner: Literal["svrg", "sgd"] = Field("svrg", description="FedInn local steps: SVRG-corrected or plain SGD")
+    outer: Literal["global", "local-svrg"] = Field(
+        "global", description="FedOut: one global step, or local SVRG steps on x (one more round)")
+    local_steps_x: int = Field(1, ge=1, le=10_000, description="tau_x: local x steps with outer='local-svrg'")
+
+
+class FedNestState(NamedTuple):
+    x: Tensor
+    y: Tensor  # the server's lower-level variable (warm start of FedInn)
+
+
+class FedNest(FederatedAlgorithm):
+    Hyper = FedNestParams
+    svrg_inner = True
+
+    def init(self) -> FedNestState:
+        return FedNestState(*self.x0y0())
+
+    def step(self, s: FedNestState, t: int) -> FedNestState:
+        fr = self.begin(t, x=s.x, y=s.y)
+        y = self.fedinn(fr, s.x, s.y)
+        return FedNestState(self.update_x(fr, s.x, y), y)
+
+    def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
+        """FedIHGP then FedOut; the server's new x."""
+        v, gx = self.ihgp(fr, x, y)
+        return self.fedout(fr, x, y, v, gx)
+
+    # --- FedInn ---
+    def fedinn(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
+        """T inner iterations from the server's y; returns the server's new y."""
+        svrg = self.svrg_inner and self.hp.inner == "svrg"
+        c = self.clients
+        for _ in range(self.hp.inner_rounds):
+            q = None
+            if svrg:
+                q = fr.exchange({"q": c.grad_g_y(x, y, fr.batch("g"), reduce=fr.exact)})["q"]
+                fr.broadcast({"q": q})
+            y, _ = fedavg_round(fr, c, x, y, fr.batches("g", self.hp.local_steps), self.hp.beta, q)
+        return y
+
+    # --- FedIHGP ---
+    def ihgp(self, fr: FedRound, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(v = eta p_N from the global Neumann series, the clients' grad_x F_i on the same sample).
+
+        grad_x F_i is kept by each client (rows, or their local sum when uncompressed) for FedOut.
+        """
+        c, f = self.clients, fr.batch("f")
+        gx, gy = c.grad_f(x, y, f, reduce=fr.exact)
+        b = fr.exchange({"b": gy})["b"]
+        fr.broadcast({"b": b})
+
+        def global_product(p: Tensor, k: int) -> Tensor:
+            hp = fr.exchange({"hp": c.hvp_g(x, y, p, fr.batch("g"), reduce=fr.exact)[1]})["hp"]
+            fr.broadcast({"hp": hp})  # clients form p_{k+1} themselves
+            return hp
+
+        return neumann(b, self.hp.eta, self.hp.neumann_terms, global_product), gx
+
+    # --- FedOut ---
+    def outer_direction(self, x: Tensor, y: Tensor, v: Tensor, f: Batch | None, g: Batch | None,
+                        reduce: bool = False) -> Tensor:
+        """h_i(x) = grad_x F_i(x, y) - H_xy,i(x, y) v (rows, or their sum with ``reduce``)."""
+        gx, _ = self.clients.grad_f(x, y, f, reduce)
+        return gx - self.clients.hvp_g(x, y, v, g, reduce)[0]
+
+    def fedout(self, fr: FedRound, x: Tensor, y: Tensor, v: Tensor, gx: Tensor) -> Tensor:
+        """The x update from v and the clients' grad_x F_i; the server's new x."""
+        hx, _ = self.clients.hvp_g(x, y, v, fr.batch("g"), reduce=fr.exact)
+        h = fr.exchange({"h": gx - hx})["h"]
+        if self.hp.outer == "global":
+            return x - self.hp.alpha * h
+        fr.broadcast({"h": h})
+        X = x.unsqueeze(0).expand(fr.n, -1)
+        for _ in range(self.hp.local_steps_x):
+            f, g = fr.batch("f"), fr.batch("g")
+            X = X - self.hp.alpha * (self.outer_direction(X, y, v, f, g)
+                                     - self.outer_direction(x, y, v, f, g) + h)
+        return x - fr.exchange({"dx": x - X})["dx"]
+
+
+class LFedNest(FedNest):
+    Hyper = LFedNestParams
+    svrg_inner = False
+
+    def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
+        """Local Neumann series and hypergradient per client, one averaging round."""
+        c, f = self.clients, fr.batch("f")
+        gx, gy = c.grad_f(x, y, f)
+        v = neumann(gy, self.hp.eta, self.hp.neumann_terms,
+                    lambda p, k: c.hvp_g(x, y, p, fr.batch("g"))[1])
+        hx, _ = c.hvp_g(x, y, v, fr.batch("g"))
+        return x - self.hp.alpha * fr.exchange({"h": gx - hx})["h"]
+
+
+@ALGORITHMS.register("fednest", FedNestParams,
+                     "FedNest: FedInn (SVRG) + global Neumann FedIHGP + FedOut (Tarzanagh et al. 2022)")
+def _fednest(ctx: Context, hp: FedNestParams) -> FedNest:
+    return FedNest(ctx, hp)
+
+
+@ALGORITHMS.register("lfednest", LFedNestParams,
+                     "LFedNest: local FedAvg inner, clients' own Neumann series, x averaging (T + 1 rounds)")
+def _lfednest(ctx: Context, hp: LFedNestParams) -> LFedNest:
+    return LFedNest(ctx, hp)
