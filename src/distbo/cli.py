@@ -55,7 +55,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 @command("run", "run one configuration", _run_args)
 def cmd_run(a: argparse.Namespace) -> int:
+    from . import launch
     from .config import apply_set, load_toml, merge
+    from .errors import ConfigError
     from .runner import execute, resolve
 
     if a.resume:
@@ -66,9 +68,20 @@ def cmd_run(a: argparse.Namespace) -> int:
     for item in a.sets:
         apply_set(raw, item)
     res, problem = resolve(raw)
+    if a.out is None and launch.in_job():
+        raise ConfigError("--out", "is required under torchrun (every process must use the same folder)")
     out = Path(a.out) if a.out else Path("runs") / (
         f"{res.run.task['name']}-{res.run.algorithm['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    result = execute(res, problem, out, progress=not a.quiet)
+    if res.run.procs > 1 and not launch.in_job():  # start the processes (launch.py)
+        try:
+            result = launch.run_procs(raw, None, out, not a.quiet, res.run.procs, res.run.timeout, res.run.workers)
+        except launch.LaunchError as exc:
+            sys.stderr.write(f"distbo: error: {exc}\n")
+            return exc.code
+    else:
+        result = execute(res, problem, out, progress=not a.quiet)
+    if launch.rank() != 0:
+        return 0
     if not a.quiet:
         print_rows(result.metrics)
     print(f"wrote {out}")

@@ -49,6 +49,8 @@ class RunConfig(Params):
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every k rounds (0: only at the end)")
     seed: int = Field(0, ge=0)
     procs: int = Field(1, gt=0, description="processes on this machine")
+    timeout: float = Field(30.0, gt=0, description="seconds a multi-process run waits for a silent process "
+                           "before it fails")
     dtype: Literal["float32", "float64"] = "float32"
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
 

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .algorithms import ALGORITHMS, Clients, Context
 from .comm.base import CommStats, Communicator
-from .comm.simulated import SimulatedComm
 from .compressors import make_compressor
 from .config import DTYPES, Resolved, RunConfig, check_run
 from .errors import DivergenceError
+from .launch import in_job, make_comm, run_procs
 from .problems import TASKS, Problem
 from .registry import validate
 
@@ -73,7 +73,7 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
 
 def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
     run = res.run
-    comm = comm or SimulatedComm(run.workers)
+    comm = comm or make_comm(run.workers, run.timeout)
     down = make_compressor(run.downlink, "downlink")
     ctx = Context(problem=problem, comm=comm, compressor=make_compressor(run.compressor), seed=run.seed,
                   clients=Clients(**run.clients.model_dump()),
@@ -188,6 +188,9 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except BaseException:
+        status = "failed"
+        raise
     finally:
         bar.close()
         files.write_json("summary.json", summary(rows, status, run))
@@ -238,5 +241,9 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
         raw["dtype"] = "float64" if problem.dtype == torch.float64 else "float32"
     for item in overrides or []:
         apply_set(raw, item)
+    user_problem = problem
     res, problem = resolve(raw, problem)
-    return execute(res, problem, Path(out) if out is not None else None, progress, comm)
+    out = Path(out) if out is not None else None
+    if res.run.procs > 1 and comm is None and not in_job():  # start the processes (launch.py)
+        return run_procs(raw, user_problem, out, progress, res.run.procs, res.run.timeout, res.run.workers)
+    return execute(res, problem, out, progress, comm)

@@ -1,0 +1,202 @@
+"""Multi-process runs (comm/torch_dist.py, launch.py): the same numbers as the simulator, clean failures.
+
+Process start-up dominates (each process imports torch), so the tests share as few launches as
+possible: one 2-process job runs every algorithm case and the communicator checks; the CLI and
+the failure tests launch one job each.
+"""
+import faulthandler
+import json
+import os
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import distbo
+from distbo import launch
+from distbo.algorithms import ALGORITHMS
+from distbo.comm import Dense, DenseSum, SimulatedComm
+from distbo.comm.torch_dist import FAULT_ENV, TorchDistComm, from_limbs, to_limbs, wire_dtype
+from distbo.compressors import make_compressor
+
+PROCS, N = 2, 4
+COMMON = dict(task={"name": "quadratic", "d_x": 3, "d_y": 6, "noise": 0.1}, workers=N, rounds=6,
+              eval_every=2, dtype="float64", seed=1)
+# algorithm name -> its run keywords; each is compared with the simulator, field by field
+CASES = {
+    "soba": dict(algorithm="soba"),
+    "c-soba": dict(algorithm="c-soba", compressor="randk:0.5"),  # C-SOBA takes unbiased compressors
+    "ef-soba": dict(algorithm="ef-soba", compressor="topk:0.5"),  # top-K goes with error feedback
+    "aggitd": dict(algorithm="aggitd"),
+    "rabo": dict(algorithm="rabo"),
+}
+EXACT = ("round", "bits_up", "bits_down", "comm_rounds")
+SPECS = ("identity", "topk:0.3", "randk:2", "qsgd:3", "sign")
+
+
+def _rows(d: int, seed: int) -> torch.Tensor:
+    return torch.randn(6, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _exchange_cases(comm, senders: dict[int, list[int]]):
+    """Per compressor spec: the sums and bits of one exchange in which each rank sends the rows of
+    its own ``senders`` (possibly none), as a payload next to a Dense and a DenseSum message."""
+    out = {}
+    for i, spec in enumerate(SPECS):
+        c, U = make_compressor(spec), _rows(7, i)
+        mine = torch.tensor([w for w in senders.get(comm.rank, []) if w in comm.local_workers.tolist()]
+                            if comm.world_size > 1 else sum(senders.values(), []), dtype=torch.int64)
+        keys = 1000 + mine
+        before = comm.stats.bits_up
+        sums = comm.exchange({"p": c.compress(U[mine], keys), "d": Dense(U[mine] * 2),
+                              "s": DenseSum(U[mine].sum(0), len(mine))}, mean=True)
+        out[spec] = ({k: v.clone() for k, v in sums.items()}, comm.stats.bits_up - before)
+    return out
+
+
+SENDERS = [{0: [0, 2], 1: [4]}, {0: [1], 1: []}]  # unequal and empty blocks (client sampling)
+
+
+def _job(names: list[str]):
+    """Runs in every rank of a 2-process job: each algorithm case, then raw exchanges."""
+    results = {name: distbo.run(**COMMON, **CASES[name]) for name in names}
+    comm = TorchDistComm(6)
+    exchanges = [_exchange_cases(comm, s) for s in SENDERS]
+    x_sum = comm.all_sum(torch.tensor([float(dist.get_rank())], dtype=torch.float64))
+    return {"metrics": {k: r.metrics for k, r in results.items()}, "x": {k: r.x for k, r in results.items()},
+            "exchanges": exchanges, "wire": comm.wire_stats(), "all_sum": float(x_sum)}
+
+
+@pytest.fixture(scope="module")
+def job():
+    names = [n for n in CASES if n in ALGORITHMS.names()]
+    return names, launch.spawn(_job, (names,), PROCS, timeout=60)
+
+
+def _same_rows(sim: list[dict], par: list[dict]) -> None:
+    assert len(sim) == len(par)
+    for a, b in zip(sim, par):
+        assert set(a) == set(b)
+        for k in a:
+            if k in EXACT:
+                assert a[k] == b[k], (k, a[k], b[k])
+            elif k != "wall_s" and isinstance(a[k], float):
+                assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-12), (a["round"], k)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_processes_give_the_simulators_metrics_and_bits(job, name):
+    if name not in ALGORITHMS.names():
+        pytest.skip(f"algorithm '{name}' is not registered yet")
+    names, values = job
+    sim = distbo.run(**COMMON, **CASES[name])
+    _same_rows(sim.metrics, values[0]["metrics"][name])
+    assert sim.metrics[-1]["bits_up"] > 0 and sim.metrics[-1]["comm_rounds"] > 0
+    torch.testing.assert_close(values[0]["x"][name], sim.x, rtol=1e-9, atol=1e-12)
+    # the server state is replicated: rank 1 ends at the same point
+    torch.testing.assert_close(values[1]["x"][name], values[0]["x"][name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", range(len(SENDERS)))
+def test_payloads_travel_compressed_with_unequal_and_empty_blocks(job, case):
+    sim = _exchange_cases(SimulatedComm(6), SENDERS[case])
+    for rank in range(PROCS):
+        got = job[1][rank]["exchanges"][case]
+        for spec in SPECS:
+            (s_sums, s_bits), (d_sums, d_bits) = sim[spec], got[spec]
+            assert d_bits == s_bits, spec
+            # payload rows are gathered and decoded in worker order: bitwise the simulator's sum
+            torch.testing.assert_close(d_sums["p"], s_sums["p"], rtol=0, atol=0)
+            for k in ("d", "s"):
+                torch.testing.assert_close(d_sums[k], s_sums[k], rtol=1e-12, atol=1e-12)
+
+
+def test_collectives_are_few_and_bookkeeping_is_separate(job):
+    v = job[1][0]
+    assert v["all_sum"] == sum(range(PROCS))
+    # per exchange: sizes + payload bytes + dense sums = 3 collectives
+    assert v["wire"]["collectives"] == 3 * len(SPECS) * len(SENDERS)
+    assert v["wire"]["other_bytes"] == 8
+
+
+def test_integer_limbs_and_wire_dtypes():
+    vals = [0, 1, 2**40 + 12345, 2**63]
+    for dt in (torch.float32, torch.float64, torch.int64):
+        assert from_limbs(to_limbs(vals, dt) * 3) == [3 * v for v in vals]
+    assert wire_dtype(torch.zeros(2, dtype=torch.int64), 5) == torch.int8
+    assert wire_dtype(torch.zeros(2, dtype=torch.int64), 12) == torch.int16
+    assert wire_dtype(torch.zeros(2, dtype=torch.int64), 32) == torch.int64  # rand-K seeds
+    assert wire_dtype(torch.zeros(2, dtype=torch.bool), 1) == torch.bool
+    assert wire_dtype(torch.zeros(2, dtype=torch.float32), 32) == torch.float32
+
+
+def test_procs_must_divide_workers_and_nothing_starts(capsys, tmp_path):
+    from distbo.cli import main
+
+    code = main(["run", "--workers", "3", "--procs", "2", "--rounds", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "procs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_torchrun_environment_is_detected(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert launch.job_env() is None and not launch.in_job()
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert launch.job_env() == (3, 4) and launch.in_job() and launch.rank() == 3
+    monkeypatch.setenv("DISTBO_THREADS", "")
+    assert launch.threads_per_process(2) == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def _read_rows(out):
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]  # every line is whole
+
+
+@pytest.fixture
+def watchdog():
+    """A run that hangs aborts the test session with a traceback instead of stalling it."""
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def test_cli_procs_run_matches_and_a_raising_worker_fails_cleanly(tmp_path, monkeypatch, capfd, watchdog):
+    """`distbo run --procs 2`: a normal run equals the simulator; with rank 1 raising at exchange 3
+    the run exits non-zero well within the timeout, names rank 1 and its error, keeps the metrics."""
+    from distbo.cli import main
+
+    args = ["run", "--task", "quadratic", "--workers", "4", "--rounds", "8", "--eval-every", "1",
+            "--set", "dtype='float64'", "--set", "timeout=20", "--quiet", "--procs", "2"]
+    assert main([*args, "--out", str(tmp_path / "ok")]) == 0
+    sim = distbo.run("quadratic", "soba", workers=4, rounds=8, eval_every=1, dtype="float64")
+    _same_rows(sim.metrics, _read_rows(tmp_path / "ok"))
+    capfd.readouterr()
+
+    monkeypatch.setenv(FAULT_ENV, "rank=1,exchange=3,action=raise")
+    tic = time.time()
+    code = main([*args, "--out", str(tmp_path / "bad")])
+    elapsed = time.time() - tic
+    err = capfd.readouterr().err
+    assert code == 1, err
+    last = [line for line in err.splitlines() if line.startswith("distbo: error:")]
+    assert len(last) == 1 and last[0].startswith("distbo: error: rank 1 failed: RuntimeError: injected fault"), err
+    assert "Warning" not in err, err  # e.g. no leaked semaphores
+    rows = _read_rows(tmp_path / "bad")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]  # evaluated before the 4th exchange failed
+    assert json.loads((tmp_path / "bad" / "summary.json").read_text())["status"] == "failed"
+    assert elapsed < 20, elapsed  # peers see the failure at once: no waiting for the timeout
+
+
+def test_a_hung_worker_fails_the_run_after_the_timeout(tmp_path, monkeypatch, watchdog):
+    monkeypatch.setenv(FAULT_ENV, "rank=1,exchange=2,action=hang")
+    tic = time.time()
+    with pytest.raises(launch.LaunchError) as info:
+        distbo.run("quadratic", "soba", workers=2, rounds=20, eval_every=1, procs=2, timeout=3,
+                   out=tmp_path / "hang")
+    assert time.time() - tic < 3 + launch.GRACE_S + launch.KILL_AFTER_S + 15
+    assert str(info.value).startswith("rank 1 stopped answering (timeout 3 s)"), str(info.value)
+    assert info.value.rank == 1 and info.value.code != 0
+    assert [r["round"] for r in _read_rows(tmp_path / "hang")] == [0, 1, 2]
