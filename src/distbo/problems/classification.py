@@ -8,8 +8,10 @@ Batches are plain dicts with a leading worker axis, the contract pruning algorit
   ``inputs`` [n, B, features] standardised pixels,  ``labels`` [n, B] int64,
   ``index``  [n, B] int64 (g-batches only): the samples' global positions in the training split.
 
-Network: a ``models.DenseNet`` on flat vectors; ``units()`` returns ``{"net": net}`` when it has
-hidden layers, whose parameters are split between x (layers before ``net.split``) and y.
+Network: a ``models.DenseNet`` on flat vectors. Where x and y are exactly the network's parameters
+(hyperrep: x = layers before ``net.split``, y = the rest), ``units()`` returns ``{"net": net}``, and
+``f`` / ``g`` take ``sizes=`` (a sub-network's layer sizes, ``DenseNet.sub_sizes``) so a pruned
+client computes with the sliced parameters (algorithms/submodels.py).
 """
 from __future__ import annotations
 
@@ -92,19 +94,20 @@ class ClassificationTask(Problem):
         """The network's (x-part, y-part) of the flat parameters (x is the representation here)."""
         return x, y
 
-    def logits(self, x: Tensor, y: Tensor, inputs: Tensor) -> Tensor:
-        return self.net.forward(*self.net_params(x, y), inputs)
+    def logits(self, x: Tensor, y: Tensor, inputs: Tensor, sizes: tuple[int, ...] | None = None) -> Tensor:
+        return self.net.forward(*self.net_params(x, y), inputs, sizes)
 
-    def ce(self, x: Tensor, y: Tensor, batch: dict[str, Tensor], reduction: str = "mean") -> Tensor:
-        return F.cross_entropy(self.logits(x, y, batch["inputs"]), batch["labels"], reduction=reduction)
+    def ce(self, x: Tensor, y: Tensor, batch: dict[str, Tensor], sizes: tuple[int, ...] | None = None,
+           reduction: str = "mean") -> Tensor:
+        return F.cross_entropy(self.logits(x, y, batch["inputs"], sizes), batch["labels"], reduction=reduction)
 
     def l2_term(self, y: Tensor) -> Tensor:
         return 0.5 * self.params.l2 * (y @ y)
 
     # ----- Problem API -----
-    def f(self, x, y, batch):
+    def f(self, x, y, batch, sizes=None):
         """Upper level: cross-entropy on the worker's validation batch."""
-        return self.ce(x, y, batch)
+        return self.ce(x, y, batch, sizes)
 
     def train_labels(self) -> Tensor:
         """Labels the lower level trains on (hyper-cleaning: the corrupted ones)."""
@@ -150,5 +153,6 @@ class ClassificationTask(Problem):
                 "d_x": self.d_x, "d_y": self.d_y}
 
     def units(self):
-        """``{"net": DenseNet}`` when the network has hidden units to prune, else None."""
-        return {"net": self.net} if self.net.n_layers > 1 else None
+        """``{"net": DenseNet}`` when x and y are the network's parameters and it has hidden units."""
+        covers = (self.net.numel("x"), self.net.numel("y")) == (self.d_x, self.d_y)
+        return {"net": self.net} if covers and self.net.n_layers > 1 else None
