@@ -118,6 +118,11 @@ def test_fednest_bits_uncompressed_with_client_sampling():
     assert r.metrics[-1]["bits_down"] == R * m * 32 * (dx + dy + 2 * T * dy + dy + N * dy)
 
 
+def test_compressed_downlink_is_refused_in_one_line():
+    with pytest.raises(distbo.ConfigError, match="^downlink: .*allowed: identity"):
+        distbo.run("quadratic", "fednest", rounds=1, downlink="topk:0.5")
+
+
 def test_fednest_converges_on_quadratic():
     for h, hp in ((1.0, {}), (0.0, {"inner": "sgd", "outer": "local-svrg", "local_steps_x": 2})):
         r = distbo.run("quadratic", {"name": "fednest", "alpha": 0.3, "beta": 0.1, "inner_rounds": 2,

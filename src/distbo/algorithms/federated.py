@@ -22,6 +22,7 @@ from pydantic import Field
 
 from .. import rng
 from ..comm.messages import Dense, DenseSum, Message
+from ..errors import ConfigError
 from ..oracles import Oracles
 from ..problems.base import Batch
 from ..registry import Params
@@ -129,6 +130,9 @@ class FederatedAlgorithm(Algorithm):
     """Base of the federated methods: per-outer-iteration sessions and client oracles."""
 
     def __init__(self, ctx: Context, hp):
+        if ctx.downlink is not None:
+            raise ConfigError("downlink", f"the federated methods broadcast uncompressed and would ignore "
+                              f"'{ctx.downlink.spec}'; allowed: identity")
         super().__init__(ctx, hp)
         self.clients = ClientOracles(self.oracles)
 
