@@ -17,20 +17,29 @@ import distbo
 from distbo import launch
 from distbo.algorithms import ALGORITHMS
 from distbo.comm import Dense, DenseSum, SimulatedComm
-from distbo.comm.torch_dist import FAULT_ENV, TorchDistComm, from_limbs, to_limbs, wire_dtype
+from distbo.comm.torch_dist import (FAULT_ENV, TorchDistComm, decode_field, encode_field, field_nbytes, from_limbs,
+                                    to_limbs, wire_dtype)
 from distbo.compressors import make_compressor
 
 PROCS, N = 2, 4
 COMMON = dict(task={"name": "quadratic", "d_x": 3, "d_y": 6, "noise": 0.1}, workers=N, rounds=6,
               eval_every=2, dtype="float64", seed=1)
-# algorithm name -> its run keywords; each is compared with the simulator, field by field
+# case -> run keywords; each is compared with the simulator, field by field
 CASES = {
     "soba": dict(algorithm="soba"),
     "c-soba": dict(algorithm="c-soba", compressor="randk:0.5"),  # C-SOBA takes unbiased compressors
     "ef-soba": dict(algorithm="ef-soba", compressor="topk:0.5"),  # top-K goes with error feedback
     "aggitd": dict(algorithm="aggitd"),
+    # half the clients per round: a rank may host 0, 1 or 2 senders of a compressed payload
+    "aggitd-sampled": dict(algorithm={"name": "aggitd", "inner_rounds": 2, "local_steps": 2},
+                           compressor="topk:0.5", clients={"fraction": 0.5}),
     "rabo": dict(algorithm="rabo"),
 }
+
+
+def _alg(case: str) -> str:
+    a = CASES[case]["algorithm"]
+    return a if isinstance(a, str) else a["name"]
 EXACT = ("round", "bits_up", "bits_down", "comm_rounds")
 SPECS = ("identity", "topk:0.3", "randk:2", "qsgd:3", "sign")
 
@@ -70,7 +79,7 @@ def _job(names: list[str]):
 
 @pytest.fixture(scope="module")
 def job():
-    names = [n for n in CASES if n in ALGORITHMS.names()]
+    names = [n for n in CASES if _alg(n) in ALGORITHMS.names()]
     return names, launch.spawn(_job, (names,), PROCS, timeout=60)
 
 
@@ -87,8 +96,8 @@ def _same_rows(sim: list[dict], par: list[dict]) -> None:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_give_the_simulators_metrics_and_bits(job, name):
-    if name not in ALGORITHMS.names():
-        pytest.skip(f"algorithm '{name}' is not registered yet")
+    if _alg(name) not in ALGORITHMS.names():
+        pytest.skip(f"algorithm '{_alg(name)}' is not registered yet")
     names, values = job
     sim = distbo.run(**COMMON, **CASES[name])
     _same_rows(sim.metrics, values[0]["metrics"][name])
@@ -124,11 +133,20 @@ def test_integer_limbs_and_wire_dtypes():
     vals = [0, 1, 2**40 + 12345, 2**63]
     for dt in (torch.float32, torch.float64, torch.int64):
         assert from_limbs(to_limbs(vals, dt) * 3) == [3 * v for v in vals]
-    assert wire_dtype(torch.zeros(2, dtype=torch.int64), 5) == torch.int8
-    assert wire_dtype(torch.zeros(2, dtype=torch.int64), 12) == torch.int16
-    assert wire_dtype(torch.zeros(2, dtype=torch.int64), 32) == torch.int64  # rand-K seeds
-    assert wire_dtype(torch.zeros(2, dtype=torch.bool), 1) == torch.bool
+    i64 = torch.zeros(2, dtype=torch.int64)
+    assert wire_dtype(i64, 5, signed=False) == torch.uint8  # top-K indices, d <= 32
+    assert wire_dtype(i64, 16, signed=False) == torch.uint16  # top-K indices, d <= 65536
+    assert wire_dtype(i64, 32, signed=False) == torch.uint32  # rand-K seeds
+    assert wire_dtype(i64, 3, signed=True) == torch.int8  # QSGD signed levels
+    assert wire_dtype(i64, 33, signed=False) == torch.int64
+    assert wire_dtype(torch.zeros(2, dtype=torch.int8), 3) == torch.int8
     assert wire_dtype(torch.zeros(2, dtype=torch.float32), 32) == torch.float32
+    for t in (torch.rand(3, 13) < 0.5, torch.tensor([[-4, 3], [0, -1]]), torch.randint(0, 60000, (2, 5))):
+        wdt = wire_dtype(t, 16, signed=bool((t.to(torch.int64) < 0).any()))
+        data = encode_field(t, wdt)
+        assert data.dtype == torch.uint8 and data.numel() == field_nbytes(t.shape[0], t, wdt)
+        assert torch.equal(decode_field(data, t.shape[0], t, wdt), t)
+    assert field_nbytes(3, torch.zeros(3, 13, dtype=torch.bool), torch.bool) == 5  # 39 bits
 
 
 def test_procs_must_divide_workers_and_nothing_starts(capsys, tmp_path):

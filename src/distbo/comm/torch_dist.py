@@ -20,6 +20,7 @@ Backend: gloo for CPU tensors, nccl for CUDA ones (``backend_for``).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import zlib
@@ -60,14 +61,42 @@ def from_limbs(t: Tensor) -> list[int]:
     return [sum(c * LIMB**j for j, c in enumerate(digits[i:i + N_LIMBS])) for i in range(0, len(digits), N_LIMBS)]
 
 
-def wire_dtype(t: Tensor, width: int) -> torch.dtype:
-    """The dtype a field travels in: integers narrowed to the smallest signed type holding ``width`` bits."""
+def wire_dtype(t: Tensor, width: int, signed: bool = True) -> torch.dtype:
+    """The dtype an integer field travels in: the smallest (un)signed integer type of at least
+    ``width`` bits (the declared width includes the sign bit of signed fields). Floating fields
+    travel as they are; boolean fields are packed 8 per byte (``encode_field``)."""
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         return t.dtype
-    for dt in (torch.int8, torch.int16, torch.int32):
-        if width < torch.iinfo(dt).bits <= torch.iinfo(t.dtype).bits:
+    kinds = (torch.int8, torch.int16, torch.int32) if signed else (torch.uint8, torch.uint16, torch.uint32)
+    for dt in kinds:
+        if width <= 8 * dt.itemsize < 8 * t.dtype.itemsize:
             return dt
     return t.dtype
+
+
+def field_nbytes(rows: int, t: Tensor, wdt: torch.dtype) -> int:
+    """Bytes of ``rows`` rows of field ``t`` on the wire."""
+    n = rows * math.prod(t.shape[1:])
+    return -(-n // 8) if wdt == torch.bool else n * wdt.itemsize
+
+
+def encode_field(t: Tensor, wdt: torch.dtype) -> Tensor:
+    """A field as flat bytes in its wire dtype (booleans: 8 per byte)."""
+    flat = t.reshape(-1)
+    if wdt == torch.bool:
+        pad = flat.new_zeros(-flat.numel() % 8)
+        octets = torch.cat([flat, pad]).reshape(-1, 8).to(torch.uint8)
+        return (octets << torch.arange(8, dtype=torch.uint8, device=t.device)).sum(-1, dtype=torch.uint8)
+    return flat.to(wdt).contiguous().view(torch.uint8)
+
+
+def decode_field(data: Tensor, rows: int, t: Tensor, wdt: torch.dtype) -> Tensor:
+    """Inverse of ``encode_field`` for ``rows`` rows shaped like ``t``'s."""
+    shape = (rows,) + tuple(t.shape[1:])
+    if wdt == torch.bool:
+        bits = (data.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8, device=data.device)) & 1
+        return bits.reshape(-1)[:math.prod(shape)].to(torch.bool).reshape(shape)
+    return data.clone().view(wdt).reshape(shape).to(t.dtype)
 
 
 class CollectiveError(RuntimeError):
@@ -180,8 +209,8 @@ class TorchDistComm(Communicator):
         summed = {k: m for k, m in sorted(messages.items()) if not isinstance(m, Payload)}
         sums: dict[str, Tensor] = {}
         if packed:
-            senders, bits, rows = self._gather_sizes(packed, count, bits)
-            sums.update(self._gather_payloads(packed, rows))
+            senders, bits, sizes = self._gather_sizes(packed, count, bits)
+            sums.update(self._gather_payloads(packed, sizes))
         ints = None if packed else [count, bits]
         reduced, ints = self._reduce_dense(summed, ints)
         sums.update(reduced)
@@ -212,57 +241,53 @@ class TorchDistComm(Communicator):
                 ints = from_limbs(buf[offset:].cpu())
         return out, ints
 
-    def _layout(self, packed: dict[str, Payload]):
-        """(payload key, field name, tensor, width, wire dtype) of every field, in a fixed order."""
-        return [(k, name, t, width, wire_dtype(t, width))
-                for k, m in packed.items() for name, (t, width) in sorted(m.fields.items())]
+    @staticmethod
+    def _fields(packed: dict[str, Payload]):
+        """(payload key, field name, tensor, declared width) of every field, in a fixed order."""
+        return [(k, name, t, width) for k, m in packed.items() for name, (t, width) in sorted(m.fields.items())]
 
     def _gather_sizes(self, packed: dict[str, Payload], count: int, bits: int):
-        """All ranks' senders, bits and field rows in one small all_gather (plus a layout check)."""
-        layout = self._layout(packed)
+        """All ranks' senders, bits, rows per field and whether a field holds negative integers, in
+        one small all_gather (with a check that every rank sends the same kind of payloads)."""
+        fields = self._fields(packed)
         sig = zlib.crc32(repr([(k, n, tuple(t.shape[1:]), str(t.dtype), w, packed[k].d)
-                               for k, n, t, w, _ in layout]).encode())
-        meta = torch.tensor([sig, count, bits] + [t.shape[0] for _, _, t, _, _ in layout], dtype=torch.int64)
-        rows = torch.stack(self._all_gather(meta)).cpu()
-        if not bool((rows[:, 0] == sig).all()):
+                               for k, n, t, w in fields]).encode())
+        neg = [int(t.numel() > 0 and not t.dtype.is_floating_point and t.dtype != torch.bool and bool((t < 0).any()))
+               for _, _, t, _ in fields]
+        meta = torch.tensor([sig, count, bits] + [t.shape[0] for _, _, t, _ in fields] + neg, dtype=torch.int64)
+        table = torch.stack(self._all_gather(meta)).cpu()
+        if not bool((table[:, 0] == sig).all()):
             raise RuntimeError(f"rank {self.rank}: the ranks sent differently shaped payloads in one "
                                f"exchange ({sorted(packed)}); every rank must send the same messages")
-        return int(rows[:, 1].sum()), int(rows[:, 2].sum()), rows[:, 3:]
+        n = len(fields)
+        signed = table[:, 3 + n:].any(0).tolist()
+        return int(table[:, 1].sum()), int(table[:, 2].sum()), (table[:, 3:3 + n], signed)
 
-    def _gather_payloads(self, packed: dict[str, Payload], rows: Tensor) -> dict[str, Tensor]:
-        """Every rank's fields as one padded byte buffer; decode all rows; sum."""
-        layout = self._layout(packed)
+    def _gather_payloads(self, packed: dict[str, Payload], sizes) -> dict[str, Tensor]:
+        """Every rank's fields as one padded byte buffer; decode all rows in worker order; sum."""
+        rows, signed = sizes
+        layout = [(k, name, t, width, wire_dtype(t, width, sgn))
+                  for (k, name, t, width), sgn in zip(self._fields(packed), signed)]
         chunks = []
         for k, name, t, width, wdt in layout:
-            w = t.to(wdt)
-            if wdt != t.dtype and w.numel() and not bool((w.to(t.dtype) == t).all()):
+            if wdt not in (t.dtype, torch.bool) and t.numel() and not bool((t.to(wdt).to(t.dtype) == t).all()):
                 raise ValueError(f"compressor {packed[k].compressor!r}: field '{name}' holds values wider "
                                  f"than the {width} bits per element it declares")
-            chunks.append(w.contiguous().reshape(-1).view(torch.uint8))
-        row_bytes = [_row_nbytes(t, wdt) for _, _, t, _, wdt in layout]
-        sizes = (rows * torch.tensor(row_bytes, dtype=torch.int64)).sum(1)
-        local = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
-        pad = int(sizes.max()) - local.numel()
-        buf = torch.cat([local, local.new_zeros(pad)])
-        gathered = [g.cpu() for g in self._all_gather(buf)]
-        fields: dict[str, dict[str, list[Tensor]]] = {k: {} for k in packed}
-        for r, data in enumerate(gathered):
-            offset = 0
+            chunks.append(encode_field(t, wdt))
+        nbytes = [[field_nbytes(int(rows[r, j]), t, wdt) for j, (_, _, t, _, wdt) in enumerate(layout)]
+                  for r in range(rows.shape[0])]
+        local = torch.cat(chunks)
+        buf = torch.cat([local, local.new_zeros(max(map(sum, nbytes)) - local.numel())])
+        parts: dict[str, dict[str, list[Tensor]]] = {k: {} for k in packed}
+        for r, data in enumerate(self._all_gather(buf)):
+            data, offset = data.cpu(), 0
             for j, (k, name, t, _, wdt) in enumerate(layout):
-                n = int(rows[r, j]) * row_bytes[j]
-                part = data[offset:offset + n].clone().view(wdt).reshape((int(rows[r, j]),) + tuple(t.shape[1:]))
-                fields[k].setdefault(name, []).append(part.to(t.dtype))
-                offset += n
+                part = decode_field(data[offset:offset + nbytes[r][j]], int(rows[r, j]), t, wdt)
+                parts[k].setdefault(name, []).append(part)
+                offset += nbytes[r][j]
         sums = {}
         for k, m in packed.items():
-            dev = next(iter(m.fields.values()))[0].device
-            full = {name: (torch.cat(parts).to(dev), m.fields[name][1]) for name, parts in fields[k].items()}
+            full = {name: (torch.cat(p).to(m.fields[name][0].device), m.fields[name][1])
+                    for name, p in parts[k].items()}
             sums[k] = m.compressor.decode(full, m.d).sum(0)
         return sums
-
-
-def _row_nbytes(t: Tensor, dtype: torch.dtype) -> int:
-    n = 1
-    for s in t.shape[1:]:
-        n *= s
-    return n * torch.empty((), dtype=dtype).element_size()
