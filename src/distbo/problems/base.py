@@ -16,6 +16,15 @@ import torch
 Batch = Any  # a pytree of tensors whose leading axis is the worker
 
 
+def take(t: torch.Tensor, workers: torch.Tensor) -> torch.Tensor:
+    """Rows ``workers`` of a per-worker tensor: a view when they are a contiguous block (the usual
+    case: all workers, or one process's block), a gathered copy otherwise."""
+    n = workers.numel()
+    if n and int(workers[-1]) - int(workers[0]) == n - 1 and bool((workers.diff() == 1).all()):
+        return t[int(workers[0]): int(workers[0]) + n]
+    return t[workers]
+
+
 class Problem(ABC):
     """Base class of every task. Subclasses set ``n_workers``, ``d_x``, ``d_y`` and ``dtype``."""
 

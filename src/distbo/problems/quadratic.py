@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import rng
-from .base import Problem
+from .base import Problem, take
 
 
 def _spd(base: torch.Tensor, pert: torch.Tensor, h: float, mu: float) -> torch.Tensor:
@@ -75,7 +75,7 @@ class Quadratic(Problem):
 
     def sample(self, level, workers, key):
         names = ("A", "B", "c") if level == "g" else ("P", "R", "S", "s", "t")
-        batch = {k: self.data[k][workers] for k in names}
+        batch = {k: take(self.data[k], workers) for k in names}
         if self.noise > 0:
             wk = rng.key(key, workers)
             if level == "g":
