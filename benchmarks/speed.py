@@ -1,0 +1,186 @@
+"""Speed of the vectorised simulator vs a plain per-worker Python loop, and where the time goes.
+
+For each task x workers x algorithm this times ``algorithm.step`` twice on the same problem:
+  distbo  the library as it is (vmap over the worker axis; the server's mean of an uncompressed
+          message computed as one derivative of the summed loss),
+  loop    the same algorithm code with every vmap replaced by a Python loop over workers, the
+          summed-loss shortcut turned off and compressors applied one worker at a time: what the
+          public federated bilevel codebases do (one client after another).
+It prints worker-iterations per second (outer iterations x workers / time), the ratio, the share
+of a distbo round spent in oracles / compression / communication / bookkeeping (exclusive
+timers around the library's own functions) and the peak memory of the distbo run.
+
+    python benchmarks/speed.py              # full table (about 10 minutes on 2 cores)
+    python benchmarks/speed.py --quick      # 10 workers only
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import sys
+import time
+from collections import defaultdict
+
+import torch
+from torch.utils._pytree import tree_leaves, tree_map
+
+import distbo.oracles as oracles_mod
+from distbo.comm.base import Communicator
+from distbo.compressors.base import Compressor, Payload
+from distbo.runner import build, resolve
+
+ORACLE_FUNS = ("grad_xy", "grad_y", "grad_y_hvp", "hvp", "fd_grad_y_hvp", "loss_values")
+CASES = {  # algorithm -> (overrides, label)
+    "soba": ([], "soba"),
+    "c-soba": (["compressor=randk:0.1"], "c-soba randk:0.1"),
+    "ef-soba": (["compressor=topk:0.1"], "ef-soba topk:0.1"),  # c-soba refuses biased top-K
+    "aggitd": ([], "aggitd"),
+    "rabo": (["clients.resources=[1, 0.5, 0.25, 0.125]"], "rabo mixed"),
+}
+TASKS = {
+    "quadratic": ["task.d_x=100", "task.d_y=200"],
+    "hyperrep": ["task.dataset=\"mnist5k\"", "task.batch_size=32"],
+}
+
+
+class Timers:
+    """Exclusive wall-clock time per category (a nested call's time counts only for itself)."""
+
+    def __init__(self):
+        self.total = defaultdict(float)
+        self.stack: list[list[float]] = []
+
+    @contextlib.contextmanager
+    def section(self, name: str):
+        start = time.perf_counter()
+        self.stack.append([0.0])
+        try:
+            yield
+        finally:
+            child = self.stack.pop()[0]
+            spent = time.perf_counter() - start
+            self.total[name] += spent - child
+            if self.stack:
+                self.stack[-1][0] += spent
+
+    def wrap(self, name, fn):
+        def timed(*a, **k):
+            with self.section(name):
+                return fn(*a, **k)
+        return timed
+
+
+@contextlib.contextmanager
+def patched(obj, attr, value):
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
+
+
+def loop_vmap(fn, in_dims=0, **_):
+    """vmap's signature, a Python loop's behaviour."""
+    def run(*args):
+        dims = in_dims if isinstance(in_dims, tuple) else (in_dims,) * len(args)
+        n = next(tree_leaves(a)[0].shape[0] for a, d in zip(args, dims) if d is not None)
+        outs = [fn(*(a if d is None else tree_map(lambda t: t[i], a) for a, d in zip(args, dims)))
+                for i in range(n)]
+        return tree_map(lambda *xs: torch.stack(xs), *outs)
+    return run
+
+
+def loop_compress(orig):
+    def compress(self, u, keys):
+        parts = [orig(self, u[i:i + 1], keys[i:i + 1]) for i in range(u.shape[0])]
+        fields = {k: (torch.cat([p.fields[k][0] for p in parts]), w) for k, (_, w) in parts[0].fields.items()}
+        return Payload(self, fields, u.shape[-1], u.shape[0])
+    return compress
+
+
+@contextlib.contextmanager
+def loop_mode():
+    with contextlib.ExitStack() as st:
+        st.enter_context(patched(oracles_mod, "vmap", loop_vmap))
+        st.enter_context(patched(oracles_mod, "_shared", lambda *ts: False))
+        st.enter_context(patched(Compressor, "compress", loop_compress(Compressor.compress)))
+        yield
+
+
+@contextlib.contextmanager
+def timed_library(timers: Timers):
+    with contextlib.ExitStack() as st:
+        for name in ORACLE_FUNS:
+            if hasattr(oracles_mod, name):
+                st.enter_context(patched(oracles_mod, name, timers.wrap("oracles", getattr(oracles_mod, name))))
+        st.enter_context(patched(Compressor, "compress", timers.wrap("compression", Compressor.compress)))
+        st.enter_context(patched(Payload, "decoded", timers.wrap("compression", Payload.decoded)))
+        for name in ("exchange", "broadcast"):
+            st.enter_context(patched(Communicator, name, timers.wrap("communication", getattr(Communicator, name))))
+        yield
+
+
+def make(task: str, workers: int, algorithm: str):
+    raw = {"task": {"name": task}, "algorithm": {"name": algorithm}, "workers": workers, "rounds": 10}
+    from distbo.config import apply_set
+
+    for item in TASKS[task] + CASES[algorithm][0]:
+        apply_set(raw, item)
+    res, problem = resolve(raw)
+    alg, _ = build(res, problem)
+    return alg
+
+
+def time_steps(alg, steps: int, timers: Timers | None = None) -> float:
+    state = alg.init()
+    state = alg.step(state, 0)  # warm-up
+    ctx = timed_library(timers) if timers else contextlib.nullcontext()
+    with ctx:
+        start = time.perf_counter()
+        for t in range(1, steps + 1):
+            with (timers.section("bookkeeping") if timers else contextlib.nullcontext()):
+                state = alg.step(state, t)
+        return (time.perf_counter() - start) / steps
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tasks", default="quadratic,hyperrep")
+    ap.add_argument("--algorithms", default=",".join(CASES))
+    ap.add_argument("--workers", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    workers = [int(w) for w in (a.workers or ("10" if a.quick else "10,100")).split(",")]
+    head = ("task", "workers", "algorithm", "distbo it/s", "loop it/s", "ratio",
+            "oracles", "compress", "comm", "bookkeep", "ms/round", "peak MB")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for task in a.tasks.split(","):
+        for n in workers:
+            for name in a.algorithms.split(","):
+                steps = 3 if (task == "hyperrep" and n >= 100) else 10
+                alg = make(task, n, name)
+                base = rss_mb()
+                timers = Timers()
+                fast = time_steps(alg, steps, timers)
+                peak = rss_mb() - base
+                with loop_mode():
+                    slow = time_steps(make(task, n, name), max(2, steps // 3))
+                tot = sum(timers.total.values())
+                share = {k: 100 * timers.total[k] / tot for k in ("oracles", "compression", "communication", "bookkeeping")}
+                row = (task, n, CASES[name][1], f"{n / fast:,.0f}", f"{n / slow:,.0f}", f"{slow / fast:.1f}x",
+                       *(f"{share[k]:.0f}%" for k in share), f"{1000 * fast:.1f}", f"{peak:.0f}")
+                print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; 'peak MB' = growth of the "
+          "process's peak RSS during the distbo run (0 when an earlier case already reached it)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
