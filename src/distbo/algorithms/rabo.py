@@ -14,7 +14,8 @@ only their kept coordinates' changes; the server adds, per coordinate, their sum
 number of clients that covered it (coverage average; an uncovered coordinate keeps its value) and
 records the minimum coverage so far, C_x* and C_y* (metrics ``C_x``, ``C_y``), which governs the
 rate O(1/sqrt(C_x* Q)). Clients of one resource level share sub-network sizes and run as one
-vmapped group, so a client's FLOPs, memory and time fall with its level (``client_flops_*``).
+vmapped group, so a client's FLOPs, memory and time fall with its level (``client_flops_*``);
+a task opts in with ``units()`` and ``sizes=`` on its losses (see algorithms/submodels.py).
 With every resource 1, exact products and T = 1, one round equals a SOBA round.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..errors import ConfigError
 from ..oracles import FiniteDifferenceOracles, Oracles
 from .base import ALGORITHMS, Algorithm, Context, StepSizes, project_ball, schedule_factor
 from .soba import soba_directions
-from .submodels import VARS, Kept, PerReceiver, SPACE, make_layout
+from .submodels import SPACE, VARS, Kept, PerReceiver, coverage_average, make_layout
 
 Tensor = torch.Tensor
 
@@ -102,7 +103,7 @@ class RABO(Algorithm):
         dims = {"x": self.problem.d_x, "y": self.problem.d_y, "v": self.problem.d_y}
         sums = self.comm.exchange({n: Kept(dims[n], parts[n], self.comm.n_local, s.x.dtype) for n in VARS},
                                   mean=False)
-        new = {n: getattr(s, n) + sums[n] / plan.coverage[SPACE[n]].clamp(min=1) for n in VARS}
+        new = {n: coverage_average(getattr(s, n), sums[n], plan.coverage[SPACE[n]]) for n in VARS}
         self.comm.broadcast({"sub-models": self.down}, receivers=1)
         now = torch.stack([plan.coverage["x"].min(), plan.coverage["y"].min()]).round().to(torch.int64)
         cover = torch.where(s.cover < 0, now, torch.minimum(s.cover, now))

@@ -277,6 +277,12 @@ def make_layout(problem: Problem, clients: Clients, n_workers: int) -> Layout:
     return NetLayout(problem, clients, n_workers, net)
 
 
+def coverage_average(old: Tensor, total: Tensor, coverage: Tensor) -> Tensor:
+    """The server's coverage average: each coordinate moves by the sum of the changes the clients
+    covering it sent, divided by their number; an uncovered coordinate keeps its value."""
+    return old + total / coverage.clamp(min=1)
+
+
 class Kept(Message):
     """Each local client's kept coordinates of one full-size vector (ALGORITHMS.md section 4).
 
