@@ -95,7 +95,10 @@ def test_bad_dataset_specs_are_one_line_config_errors(tmp_path):
 def test_too_many_workers_is_a_config_error():
     with pytest.raises(ConfigError) as exc:
         tasks.make("hyperclean", workers=800, dataset="digits")
-    assert "\n" not in str(exc.value) and "800" in str(exc.value)
+    assert exc.value.field == "workers" and "\n" not in str(exc.value) and "800" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        tasks.make("hyperrep", workers=100, dataset="digits", partition="shards:20")
+    assert exc.value.field == "task.partition" and "2000 shards" in str(exc.value)
 
 
 # ----- IDX files -----

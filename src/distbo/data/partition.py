@@ -20,6 +20,14 @@ import torch
 from .. import rng
 
 ALLOWED = "iid, dirichlet:ALPHA (ALPHA > 0), shards:K (K >= 1 integer)"
+class TooFewSamples(ValueError):
+    """The pool cannot give every client its share; ``field`` is the setting to change."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
 _TRIES = 16  # Marsaglia-Tsang proposals per variate; each accepted w.p. >= 0.95, all fail w.p. < 1e-20
 
 
@@ -118,19 +126,21 @@ def partition(labels: torch.Tensor, n: int, spec: str, key: torch.Tensor,
               min_size: int = 1) -> list[torch.Tensor]:
     """Indices into ``labels`` held by each of the ``n`` clients: disjoint, covering all samples.
 
-    Raises ValueError if there are fewer than ``n * min_size`` samples (or shards).
+    Raises TooFewSamples if there are fewer than ``n * min_size`` samples (or shards).
     """
     kind, arg = parse_partition(spec)
     total = labels.numel()
     if total < n * min_size:
-        raise ValueError(f"{n} clients need at least {n * min_size} samples, the pool has {total}")
+        raise TooFewSamples("workers", f"at most {total // min_size} workers for a pool of {total} samples "
+                            f"(each needs {min_size}), got {n}")
     if kind == "iid":
         parts = _iid(key, total, n)
     elif kind == "dirichlet":
         parts = _dirichlet(key, labels, n, arg)
     else:
         if n * int(arg) > total:
-            raise ValueError(f"shards:{int(arg)} with {n} clients needs {n * int(arg)} shards but the pool has {total} samples")
+            raise TooFewSamples("task.partition", f"shards:{int(arg)} with {n} workers needs {n * int(arg)} "
+                                f"shards but the pool has {total} samples")
         parts = _shards(key, labels, n, int(arg))
     return _top_up(parts, min_size)
 

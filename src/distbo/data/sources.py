@@ -51,7 +51,7 @@ def check_spec(spec: str) -> str:
     if spec in BUILTIN:
         return spec
     if spec.startswith("idx:"):
-        _idx_files(Path(spec[4:]))
+        _idx_files(Path(spec[4:]).expanduser())
         return spec
     raise ValueError(f"unknown dataset '{spec}'; allowed: {ALLOWED}")
 
@@ -145,4 +145,4 @@ def load_source(spec: str) -> Source:
         return _load_mnist5k()
     if spec == "digits":
         return _load_digits()
-    return _load_idx(Path(spec[4:]))
+    return _load_idx(Path(spec[4:]).expanduser())

@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from .. import rng
 from ..data.federated import FederatedData, Split
-from ..data.partition import parse_partition
+from ..data.partition import TooFewSamples, parse_partition
 from ..data.sources import check_spec
 from ..errors import ConfigError
 from ..models import DenseNet
@@ -85,8 +85,8 @@ class ClassificationTask(Problem):
         try:
             self.data = FederatedData(p.dataset, workers, p.partition, seed, p.val_fraction, p.test_fraction,
                                       p.max_test, p.max_samples, dtype)
-        except ValueError as exc:
-            raise ConfigError("task", f"{p.dataset} with {workers} workers and partition {p.partition}: {exc}") from None
+        except TooFewSamples as exc:
+            raise ConfigError(exc.field, f"{exc} (dataset {p.dataset}, partition {p.partition})") from None
         self.batch_size = p.batch_size
 
     # ----- network -----
