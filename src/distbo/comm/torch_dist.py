@@ -247,21 +247,19 @@ class TorchDistComm(Communicator):
         return [(k, name, t, width) for k, m in packed.items() for name, (t, width) in sorted(m.fields.items())]
 
     def _gather_sizes(self, packed: dict[str, Payload], count: int, bits: int):
-        """All ranks' senders, bits, rows per field and whether a field holds negative integers, in
-        one small all_gather (with a check that every rank sends the same kind of payloads)."""
+        """All ranks' senders, bits and, per field, 2 rows + (holds negative integers), in one small
+        all_gather, with a check that every rank sends the same kind of payloads."""
         fields = self._fields(packed)
         sig = zlib.crc32(repr([(k, n, tuple(t.shape[1:]), str(t.dtype), w, packed[k].d)
                                for k, n, t, w in fields]).encode())
-        neg = [int(t.numel() > 0 and not t.dtype.is_floating_point and t.dtype != torch.bool and bool((t < 0).any()))
-               for _, _, t, _ in fields]
-        meta = torch.tensor([sig, count, bits] + [t.shape[0] for _, _, t, _ in fields] + neg, dtype=torch.int64)
-        table = torch.stack(self._all_gather(meta)).cpu()
+        rows = [2 * t.shape[0] + int(t.numel() > 0 and not t.dtype.is_floating_point and t.dtype != torch.bool
+                                     and bool((t < 0).any())) for _, _, t, _ in fields]
+        table = torch.stack(self._all_gather(torch.tensor([sig, count, bits] + rows, dtype=torch.int64))).cpu()
         if not bool((table[:, 0] == sig).all()):
             raise RuntimeError(f"rank {self.rank}: the ranks sent differently shaped payloads in one "
                                f"exchange ({sorted(packed)}); every rank must send the same messages")
-        n = len(fields)
-        signed = table[:, 3 + n:].any(0).tolist()
-        return int(table[:, 1].sum()), int(table[:, 2].sum()), (table[:, 3:3 + n], signed)
+        per_field = table[:, 3:]
+        return int(table[:, 1].sum()), int(table[:, 2].sum()), (per_field // 2, (per_field % 2).any(0).tolist())
 
     def _gather_payloads(self, packed: dict[str, Payload], sizes) -> dict[str, Tensor]:
         """Every rank's fields as one padded byte buffer; decode all rows in worker order; sum."""
