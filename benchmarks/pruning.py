@@ -1,0 +1,120 @@
+"""Resource-limited clients: RABO / RAFBO sub-models vs full-model SOBA and AggITD on hyperrep.
+
+    python benchmarks/pruning.py                 # both tables (about 15 min on a busy 2-core box)
+    python benchmarks/pruning.py --rounds 60     # a quicker look
+
+Task: hyper-representation on mnist5k (MLP 784-200-10: hidden layer = x, head = y), 8 iid clients,
+batch 64, task-default steps (alpha 0.1, beta 0.3, gamma 0.3) for every single-loop method. Every
+method gets the same number of communication rounds (AggITD N = 5, tau = 5: 11 rounds per outer
+iteration, local step 0.1). Resource mixes: all 1; [1, 0.5, 0.25, 0.125] cycled over the clients
+(rolling windows, and static HeteroFL-like widths); all 0.25 with rolling windows.
+
+Client FLOPs per communication round (forward F = 2 B sum_l s_l s_{l+1} of the client's
+(sub-)network; a gradient 3F; an exact Hessian-vector product together with its gradient 9F, as
+three gradients of finite differences): RABO / RAFBO report them (metrics ``client_flops_*``);
+for SOBA (3F_f + 9F_g per round) and AggITD (N tau (3F_g + 9F_g) + 3F_f per outer iteration,
+spread over its 2N + 1 rounds) they are computed here with the same convention. Time per round is
+wall time of the whole simulated round (all 8 clients in one process), so it is noisy on a shared
+machine; the second table isolates one client's compute per resource level.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import distbo
+from distbo.algorithms import ALGORITHMS
+from distbo.algorithms.submodels import keep_count
+from distbo.models import DenseNet
+
+torch.set_num_threads(1)
+
+TASK = {"name": "hyperrep", "dataset": "mnist5k", "hidden": [200], "batch_size": 64}
+WORKERS = 8
+MIXED = "[1, 0.5, 0.25, 0.125]"
+AGGITD = {"name": "aggitd", "beta": 0.1, "inner_rounds": 5, "local_steps": 5}
+
+METHODS = [  # label, algorithm, resources, policy
+    ("SOBA (full model)", "soba", None, None),
+    ("AggITD N=5 tau=5 (full model)", AGGITD, None, None),
+    ("RABO", "rabo", "[1]", "rolling"),
+    ("RABO", "rabo", MIXED, "rolling"),
+    ("RABO", "rabo", MIXED, "static"),
+    ("RABO", "rabo", "[0.25]", "rolling"),
+    ("RABO exact products", {"name": "rabo", "products": "exact"}, MIXED, "rolling"),
+    ("RAFBO T=5", {"name": "rafbo", "local_steps": 5}, MIXED, "rolling"),
+]
+
+
+def name_of(alg) -> str:
+    return alg if isinstance(alg, str) else alg["name"]
+
+
+def full_model_flops(alg, net: DenseNet, batch: int) -> float:
+    """Per-client FLOPs per communication round of the full-model baselines (docstring convention)."""
+    F = net.flops(batch)
+    if name_of(alg) == "soba":
+        return 3 * F + 9 * F
+    steps = alg["inner_rounds"] * alg["local_steps"]
+    return (steps * (3 * F + 9 * F) + 3 * F) / (2 * alg["inner_rounds"] + 1)
+
+
+def run(alg, resources, policy, rounds: int, eval_every: int):
+    over = [] if resources is None else [f"clients.resources={resources}", f'clients.policy="{policy}"']
+    return distbo.run(dict(TASK), alg, workers=WORKERS, rounds=rounds, eval_every=eval_every, seed=0,
+                      overrides=over)
+
+
+def methods_table(budget: int) -> None:
+    net = DenseNet((784, *TASK["hidden"], 10), split=1)
+    print(f"## hyperrep mnist5k, MLP 784-200-10, {WORKERS} iid clients, {budget} communication rounds\n")
+    print("| method | resources | policy | test acc | C_x* | client GFLOP/round mean | max "
+          "| MB up/round | s/round |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, alg, res, policy in METHODS:
+        if name_of(alg) not in ALGORITHMS.names():
+            print(f"| {label} | - | - | not registered | | | | | |")
+            continue
+        iters = budget // (2 * alg["inner_rounds"] + 1) if name_of(alg) == "aggitd" else budget
+        r = run(alg, res, policy, iters, max(1, iters // 4))
+        last = r.metrics[-1]
+        rounds = last["comm_rounds"]
+        if "client_flops_mean" in last:
+            fm, fx = last["client_flops_mean"], last["client_flops_max"]
+        else:
+            fm = fx = full_model_flops(alg, net, TASK["batch_size"])
+        best = max(m["test_acc"] for m in r.metrics)
+        print(f"| {label} | {res or 'all 1'} | {policy or '-'} | {last['test_acc']:.4f} (best {best:.4f}) "
+              f"| {last.get('C_x', '-')} | {fm / 1e9:.3f} | {fx / 1e9:.3f} "
+              f"| {last['bits_up'] / rounds / 8e6:.2f} | {last['wall_s'] / rounds:.3f} |", flush=True)
+
+
+def levels_table(rounds: int) -> None:
+    """One resource level for every client: the per-client compute of that level."""
+    print(f"\n## one level for all {WORKERS} clients (rolling windows), {rounds} rounds of RABO\n")
+    print("| level | hidden units kept | client params (x, y, v floats) | client GFLOP/round "
+          "| s/round (8 clients) | test acc |")
+    print("|---|---|---|---|---|---|")
+    net = DenseNet((784, *TASK["hidden"], 10), split=1)
+    for level in (1.0, 0.5, 0.25, 0.125):
+        r = run("rabo", f"[{level}]", "rolling", rounds, rounds)
+        last = r.metrics[-1]
+        k = keep_count(level, TASK["hidden"][0])
+        sub = net.sub_sizes([k])
+        floats = net.numel("x", sub) + 2 * net.numel("y", sub)
+        print(f"| {level} | {k} | {floats} | {last['client_flops_mean'] / 1e9:.3f} "
+              f"| {last['wall_s'] / rounds:.3f} | {last['test_acc']:.4f} |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=300, help="communication rounds per method")
+    ap.add_argument("--level-rounds", type=int, default=40, help="rounds per level in the second table")
+    a = ap.parse_args()
+    methods_table(a.rounds)
+    levels_table(a.level_rounds)
+
+
+if __name__ == "__main__":
+    main()
