@@ -212,3 +212,13 @@ def test_every_registered_algorithm_state_round_trips(tmp_path):
             assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), name
         tried.append(name)
     assert "soba" in tried, tried
+
+
+def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path, capsys):
+    """E.g. the not yet dead processes of a killed run: a resume must not write beside them."""
+    distbo.run(TASK, algorithm="soba", out=tmp_path / "r", **dict(COMMON, rounds=4))
+    with checkpoint.claim(tmp_path / "r", 0):  # another open file description: like another process
+        assert main(["run", "--resume", str(tmp_path / "r"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "in use by another running process" in err
+    assert main(["run", "--resume", str(tmp_path / "r"), "--quiet"]) == 0  # released

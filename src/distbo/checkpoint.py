@@ -14,6 +14,7 @@ shard ``checkpoint-rank{r}.pt``; only the main process writes metrics.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -35,6 +36,31 @@ class Checkpoint:
     stats: dict[str, int]  # CommStats.as_dict()
     train_s: float
     rows: int  # metric rows written when the checkpoint was taken
+
+
+@contextlib.contextmanager
+def claim(out: Path | None, rank: int):
+    """Hold an exclusive lock on this process's part of the run folder while the run lives, so that
+    two runs (say a resume, and the not yet dead processes of a killed run) never write one folder.
+    The operating system releases it when the process ends, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    if out is None or fcntl is None:
+        yield
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(out) / f".lock-rank{rank}", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError("--out", f"{out} is in use by another running process (rank {rank}); "
+                              "wait for it to end or stop it") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def path(out: Path, rank: int) -> Path:

@@ -108,7 +108,7 @@ def make_comm(workers: int, timeout: float) -> Communicator:
 
 # ----- starting processes on this machine -----
 def run_procs(raw: dict[str, Any], problem, out: Path | None, progress: bool, procs: int,
-              timeout: float, workers: int):
+              timeout: float, workers: int, resume: bool = False):
     """Run one configuration in ``procs`` processes; rank 0's Result (state=None) comes back."""
     from .runner import Result
 
@@ -116,17 +116,19 @@ def run_procs(raw: dict[str, Any], problem, out: Path | None, progress: bool, pr
         raise ConfigError("procs", f"{procs} processes cannot share {workers} workers evenly; "
                           f"use a number of processes that divides {workers}")
     out = Path(out).absolute() if out is not None else None
-    value = spawn(_run_rank, (raw, problem, out, progress), procs, timeout)[0]
-    return Result(**value, state=None, extra={"procs": procs})
+    value = spawn(_run_rank, (raw, problem, out, progress, resume), procs, timeout)[0]
+    extra = {**value.pop("extra", {}), "procs": procs}
+    return Result(**value, state=None, extra=extra)
 
 
-def _run_rank(raw: dict[str, Any], problem, out: Path | None, progress: bool):
+def _run_rank(raw: dict[str, Any], problem, out: Path | None, progress: bool, resume: bool = False):
     from .runner import execute, resolve
 
     res, problem = resolve(raw, problem)
-    r = execute(res, problem, out, progress)
+    r = execute(res, problem, out, progress, resume=resume)
     if dist.get_rank() == 0:
-        return {"metrics": r.metrics, "x": r.x, "y": r.y, "config": r.config, "out": r.out, "status": r.status}
+        return {"metrics": r.metrics, "x": r.x, "y": r.y, "config": r.config, "out": r.out, "status": r.status,
+                "extra": r.extra}
     return None
 
 
@@ -140,8 +142,8 @@ def spawn(fn: Callable[..., Any], args: tuple, procs: int, timeout: float) -> li
     tmp = Path(tempfile.mkdtemp(prefix="distbo-job-"))
     env = {**os.environ, "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs), "MASTER_ADDR": "127.0.0.1",
            ENV_INIT: f"file://{tmp / 'rendezvous'}"}
-    children = [ctx.Process(target=_child, name=f"distbo-rank{r}", args=(r, env, str(tmp), timeout, fn, args))
-                for r in range(procs)]
+    children = [ctx.Process(target=_child, name=f"distbo-rank{r}",
+                            args=(r, env, str(tmp), timeout, os.getpid(), fn, args)) for r in range(procs)]
     try:
         for c in children:
             c.start()
@@ -240,15 +242,38 @@ def _context():
     return ctx
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (no orphans: the fork server exits
-    with the launcher, and the launcher's children with it)."""
+def _die_with_launcher(launcher: int) -> None:
+    """No orphans: this process stops when the launcher dies, even if it is killed with SIGKILL.
+
+    A fork-server child inherits the write end of the server's liveness pipe; closed here, the
+    server exits with the launcher and Linux then sends this process SIGTERM (PR_SET_PDEATHSIG).
+    A watchdog thread also polls the launcher: once it is gone, SIGTERM (which ends the run at the
+    next Python instruction) and, if the main thread is stuck in a collective, exit 3 s later."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (AttributeError, OSError):
         pass
-    if os.getppid() == 1:  # already orphaned
-        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(launcher, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(KILL_AFTER_S)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="distbo-launcher-watch", daemon=True).start()
 
 
 def _on_term(signum, frame):
@@ -265,11 +290,11 @@ def exit_code(exc: BaseException) -> int:
     return 1
 
 
-def _child(r: int, env: dict[str, str], tmp: str, timeout: float, fn, args) -> None:
+def _child(r: int, env: dict[str, str], tmp: str, timeout: float, launcher: int, fn, args) -> None:
     os.environ.clear()  # the launcher's environment now, not the fork server's
     os.environ.update(env, RANK=str(r), LOCAL_RANK=str(r))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback())
-    _die_with_parent()
+    _die_with_launcher(launcher)
     signal.signal(signal.SIGTERM, _on_term)
     tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock: nothing to leak at os._exit
     try:

@@ -133,10 +133,16 @@ class Outputs:
 def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: bool = False,
             comm: Communicator | None = None, resume: bool = False) -> Result:
     """Run the round loop of a resolved configuration (``resume``: from the checkpoint in ``out``)."""
-    run: RunConfig = res.run
-    torch.manual_seed(run.seed)
+    torch.manual_seed(res.run.seed)
     algorithm, comm = build(res, problem, comm)
     out = Path(out) if out is not None else None
+    with checkpoint.claim(out, comm.rank):  # no second process writes this folder meanwhile
+        return _loop(res, problem, algorithm, comm, out, progress, resume)
+
+
+def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: Path | None,
+          progress: bool, resume: bool) -> Result:
+    run: RunConfig = res.run
     state = algorithm.init()
     rows: list[dict[str, Any]] = []
     train_s, start = 0.0, 0
@@ -205,7 +211,11 @@ def resume(out: str | Path, progress: bool = False, problem: Problem | None = No
     raw = checkpoint.load_config(Path(out), user_problem=problem is not None)
     if problem is not None:
         raw["workers"] = problem.n_workers
+    user_problem = problem
     res, problem = resolve(raw, problem)
+    if res.run.procs > 1 and comm is None and not in_job():  # each process reads its own shard
+        return run_procs(raw, user_problem, Path(out), progress, res.run.procs, res.run.timeout,
+                         res.run.workers, resume=True)
     return execute(res, problem, Path(out), progress, comm, resume=True)
 
 
