@@ -42,7 +42,7 @@ CASES = [
     (["--set", "compressor=3"], ["compressor", "valid string"]),
     (["--set", "downlink=qsgd:x"], ["downlink", "qsgd"]),
     # algorithm and task sections
-    (["--set", 'algorithm.alpha="fast"'], ["algorithm.alpha", "not a string", "float"]),
+    (["--set", 'algorithm.alpha="fast"'], ["algorithm.alpha", "not a string", "number"]),
     (["--set", "algorithm.schedule=linear"], ["algorithm.schedule", "'constant', 'sqrt'"]),
     (["--set", "algorithm.beta=0"], ["algorithm.beta", "greater than 0"]),
     (["--set", "task.d_x=0"], ["task.d_x", "greater than 0"]),

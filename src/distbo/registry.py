@@ -107,7 +107,10 @@ def validate(model: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
         if err["type"] == "extra_forbidden":
             raise unknown(field, str(name), owner.model_fields, "key") from None
         msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(field, f"{msg} (got {err.get('input')!r}){_describe_field(owner, name)}") from None
+        # say what was given and what is expected, unless the message (our validators') already does
+        got = "" if "got " in msg else f" (got {err.get('input')!r})"
+        expected = "" if "expected" in msg or "allowed" in msg else _describe_field(owner, name)
+        raise ConfigError(field, f"{msg}{got}{expected}") from None
 
 
 def _owner(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], Any]:
