@@ -23,13 +23,25 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _mix_int(x: int) -> int:
+    x &= _M32
+    x = ((x ^ (x >> 16)) * _MUL) & _M32
+    x = ((x ^ (x >> 16)) * _MUL) & _M32
+    return x ^ (x >> 16)
+
+
 def key(*parts: int | torch.Tensor) -> torch.Tensor:
     """Fold integers (or int64 tensors, broadcast together) into one 32-bit key."""
-    k = torch.zeros((), dtype=torch.int64)
+    k: int | torch.Tensor = 0
     for p in parts:
-        p = torch.as_tensor(p, dtype=torch.int64) & _M32
-        k = _mix((k * 31 + _GOLDEN) & _M32 ^ p)
-    return k
+        if isinstance(p, torch.Tensor) and p.dim() == 0:
+            p = int(p)
+        if isinstance(p, int) and isinstance(k, int):  # plain Python: no tensor overhead
+            k = _mix_int(((k * 31 + _GOLDEN) & _M32) ^ (p & _M32))
+        else:
+            p = torch.as_tensor(p, dtype=torch.int64) & _M32
+            k = _mix((torch.as_tensor(k, dtype=torch.int64) * 31 + _GOLDEN) & _M32 ^ p)
+    return torch.as_tensor(k, dtype=torch.int64)
 
 
 def bits32(k: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
