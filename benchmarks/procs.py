@@ -5,8 +5,8 @@
 For each model (the quadratic with a small and a large lower level, hyper-representation on
 MNIST if that task is registered) and each up-link (uncompressed SOBA; EF-SOBA with top-K 10%),
 prints the training time per round (``wall_s``, evaluation excluded, after ``warmup`` rounds) in
-the simulator (1 process, torch's default threads) and with P processes (launch.spawn, cores // P
-threads each), then the bits the run counts (``bits_up``, all workers) next to the bytes handed to
+the simulator (1 process, with torch's default threads and with 1 thread) and with P processes
+(launch.spawn, cores // P threads each, as ``--procs`` uses), then the bits the run counts (``bits_up``, all workers) next to the bytes handed to
 all_gather / all_reduce (comm.torch_dist.WireStats, summed over ranks). Dense messages are summed
 inside each process before the all_reduce, so they carry P local sums instead of n vectors;
 payloads travel row by row (sizes first, then one byte buffer; integer fields in the smallest
@@ -73,23 +73,30 @@ def main() -> None:
     a = ap.parse_args()
     all_cases = list(cases(a.rounds, a.warmup, a.workers))
 
-    single = []
+    default_threads, single = torch.get_num_threads(), []
     for label, alg, comp, raw in all_cases:
         res, problem = resolve(raw)
-        single.append(per_round_ms(execute(res, problem).metrics, a.warmup))
+        times = []
+        for threads in (default_threads, 1):
+            torch.set_num_threads(threads)
+            times.append(per_round_ms(execute(res, problem).metrics, a.warmup))
+        single.append(times)
+    torch.set_num_threads(default_threads)
     tic = time.time()
     multi = launch.spawn(_job, (all_cases, a.warmup), a.procs, timeout=300)[0]
     print(f"# {a.workers} workers, {a.rounds} timed rounds after {a.warmup} warm-up rounds; "
           f"{a.procs}-process job took {time.time() - tic:.1f} s including start-up")
-    head = ["model", "up-link", "ms/round 1 proc", f"ms/round {a.procs} procs", "bytes counted/exchange",
+    each = launch.threads_per_process(a.procs)
+    head = ["model", "up-link", f"ms/round 1 proc x {default_threads} threads", "ms/round 1 proc x 1 thread",
+            f"ms/round {a.procs} procs x {each} thread{'s' if each > 1 else ''}", "bytes counted/exchange",
             "bytes on the wire/exchange", "wire/counted", "collectives/exchange"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for (label, alg, comp, _), ms1, m in zip(all_cases, single, multi):
+    for (label, alg, comp, _), (ms1, ms1t), m in zip(all_cases, single, multi):
         counted = m["bits_up"] / 8 / m["exchanges"]
         wire = m["wire"][0] / m["exchanges"]
         colls = m["wire"][1] / a.procs / m["exchanges"]
-        print(f"| {label} | {alg} {comp} | {ms1:.1f} | {m['ms']:.1f} | {counted:,.0f} | {wire:,.0f} | "
+        print(f"| {label} | {alg} {comp} | {ms1:.1f} | {ms1t:.1f} | {m['ms']:.1f} | {counted:,.0f} | {wire:,.0f} | "
               f"{wire / counted:.3f} | {colls:.0f} |")
 
 

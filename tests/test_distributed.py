@@ -7,6 +7,8 @@ the failure tests launch one job each.
 import faulthandler
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -230,3 +232,54 @@ def test_a_user_problem_runs_in_two_processes_from_python(job):
     _same_rows(sim.metrics, par.metrics)
     torch.testing.assert_close(par.x, sim.x, rtol=1e-9, atol=1e-12)
     assert par.state is None and par.extra["procs"] == 2 and par.config["procs"] == 2
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(p))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux /proc")
+def test_killing_the_launcher_leaves_no_process_behind(tmp_path):
+    """SIGKILL to `distbo run --procs 2` (no clean-up possible there): its fork server and both
+    ranks are gone within seconds; the rows written so far are whole."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "distbo", "run", "--workers", "2", "--rounds", "1000000",
+                             "--eval-every", "1", "--procs", "2", "--quiet", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while not ((out / "metrics.jsonl").is_file() and len(_read_rows(out)) >= 3):
+            assert proc.poll() is None and time.time() < deadline, "the run did not start"
+            time.sleep(0.2)
+        family = _descendants(proc.pid)
+        assert len(family) >= 3  # fork server + 2 ranks
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 10
+    while any(_alive(p) for p in family) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in family if _alive(p)]
+    assert len(_read_rows(out)) >= 3

@@ -135,8 +135,14 @@ class Fault:
         spec = os.environ.get(FAULT_ENV)
         if not spec:
             return None
-        kv = dict(part.split("=", 1) for part in spec.split(","))
-        return cls(int(kv["rank"]), int(kv["exchange"]), kv.get("action", "raise"))
+        try:
+            kv = dict(part.split("=", 1) for part in spec.split(","))
+            fault = cls(int(kv["rank"]), int(kv["exchange"]), kv.get("action", "raise"))
+        except (KeyError, ValueError):
+            fault = None
+        if fault is None or fault.action not in ("raise", "exit", "hang"):
+            raise ConfigError(FAULT_ENV, f"expected rank=R,exchange=K[,action=raise|exit|hang], got '{spec}'")
+        return fault
 
     def maybe_fire(self, rank: int, exchange: int) -> None:
         if rank != self.rank or exchange != self.exchange:
