@@ -135,6 +135,10 @@ set = ["algorithm.alpha=0.02"]
 [[runs]]
 label = "fast"
 config = "configs/tiny.toml"
+[[runs]]
+label = "boom"
+config = "configs/tiny.toml"
+set = ["algorithm.alpha=1e4"]
 """
 
 
@@ -154,17 +158,20 @@ def test_reproduce_writes_figure_table_and_one_folder_per_run(suite_repo, capsys
     assert main(["reproduce", "tiny", "--out", str(out), "--quiet"]) == 0
     assert (out / "figure.png").read_bytes().startswith(PNG)
     table = list(csv.DictReader((out / "table.csv").open()))
-    assert [r["run"] for r in table] == ["slow", "fast"]
+    assert [r["run"] for r in table] == ["slow", "fast", "boom"]
+    assert [r["status"] for r in table] == ["completed", "completed", "diverged"]  # the suite goes on
+    assert 0 < int(table[2]["round"]) < 12
     assert "| slow |" in (out / "table.md").read_text()
     for label, alpha in (("slow", 0.02), ("fast", 0.2)):
         conf = json.loads((out / label / "config.json").read_text())
         assert conf["algorithm"]["alpha"] == alpha and conf["rounds"] == 12
         assert [r["round"] for r in _rows(out / label)] == [0, 4, 8, 12]
-    assert "ran in" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert log.count("ran in") == 3 and "diverged at round" in log
 
     before = (out / "slow" / "metrics.jsonl").stat().st_mtime_ns
     assert main(["reproduce", "tiny", "--out", str(out), "--quiet"]) == 0  # again: reused, not rerun
-    assert capsys.readouterr().out.count("up to date") == 2
+    assert capsys.readouterr().out.count("up to date") == 3
     assert (out / "slow" / "metrics.jsonl").stat().st_mtime_ns == before
 
 

@@ -4,8 +4,9 @@ A suite file holds a one-line ``description``, a ``[plot]`` section (metrics fie
 and ``[[runs]]``, each with a ``label``, a run ``config`` (a path relative to the repository root)
 and optional ``set`` overrides. Reproducing a suite checks every run's configuration first, then
 runs each into its own sub-folder of the output folder, and draws ``figure.png`` and writes
-``table.md`` / ``table.csv`` there. A run whose folder already holds a completed run of the same
-configuration is reused; an interrupted one is resumed from its checkpoint.
+``table.md`` / ``table.csv`` there. A run whose folder already holds a finished (completed or
+diverged) run of the same configuration is reused; an interrupted one is resumed from its
+checkpoint. A run that diverges stays in the figure and table up to its last good round.
 """
 from __future__ import annotations
 
@@ -94,8 +95,8 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "run"
 
 
-def prepare(suite: Suite, root: Path) -> list[tuple[SuiteRun, Any, Any]]:
-    """Check every run's configuration before any of them starts: (run, Resolved, Problem)."""
+def prepare(suite: Suite, root: Path) -> list[tuple[SuiteRun, dict, Any, Any]]:
+    """Check every run's configuration before any of them starts: (run, raw, Resolved, Problem)."""
     from .runner import resolve
 
     seen: dict[str, str] = {}
@@ -112,12 +113,12 @@ def prepare(suite: Suite, root: Path) -> list[tuple[SuiteRun, Any, Any]]:
             res, problem = resolve(raw)
         except ConfigError as exc:
             raise ConfigError(f"run '{r.label}': {exc.field}", exc.message) from None
-        out.append((r, res, problem))
+        out.append((r, raw, res, problem))
     return out
 
 
 def _state(folder: Path, res: Any) -> str:
-    """'done' (same config, completed), 'resume' (same config, interrupted) or 'new'."""
+    """'done' (same config, completed or diverged), 'resume' (same config, interrupted) or 'new'."""
     conf, summ = folder / "config.json", folder / "summary.json"
     if not conf.is_file():
         return "new"
@@ -125,28 +126,36 @@ def _state(folder: Path, res: Any) -> str:
     if stored != json.loads(json.dumps(res.as_dict(), default=str)):
         return "new"
     status = json.loads(summ.read_text()).get("status") if summ.is_file() else None
-    return "done" if status == "completed" else "resume"
+    return "done" if status in ("completed", "diverged") else "resume"
 
 
 def reproduce(name: str, out: str | Path | None = None, progress: bool = True, log=print) -> Path:
     """Run suite ``name`` into ``out`` (default runs/NAME); write figure.png, table.md, table.csv."""
     from . import plotting, rundirs, tables
+    from .errors import DivergenceError
+    from .launch import in_job, run_procs
     from .runner import execute
 
     suite, root = find(name)
     runs = prepare(suite, root)
     out = Path(out) if out is not None else Path("runs") / name
-    for i, (r, res, problem) in enumerate(runs, 1):
+    for i, (r, raw, res, problem) in enumerate(runs, 1):
         folder = out / slug(r.label)
-        state = _state(folder, res)
+        state, note = _state(folder, res), ""
         tic = time.perf_counter()
-        if state != "done":
-            execute(res, problem, folder, progress=progress, resume=state == "resume")
+        try:
+            if state != "done" and res.run.procs > 1 and not in_job():
+                run_procs(raw, None, folder, progress, res.run.procs, res.run.timeout, res.run.workers,
+                          resume=state == "resume")
+            elif state != "done":
+                execute(res, problem, folder, progress=progress, resume=state == "resume")
+        except DivergenceError as exc:
+            note = f" ({exc})"
         log(f"[{i}/{len(runs)}] {r.label}: " + ("up to date" if state == "done" else
                                                 f"{'resumed' if state == 'resume' else 'ran'} in "
-                                                f"{time.perf_counter() - tic:.1f} s") + f" -> {folder}")
-    dirs = [rundirs.load(out / slug(r.label)) for r, _, _ in runs]
-    labels = [r.label for r, _, _ in runs]
+                                                f"{time.perf_counter() - tic:.1f} s") + f" -> {folder}{note}")
+    dirs = [rundirs.load(out / slug(r.label)) for r, *_ in runs]
+    labels = [r.label for r, *_ in runs]
     x = rundirs.field_name(dirs, suite.plot.x, "plot.x")
     y = rundirs.field_name(dirs, suite.plot.y, "plot.y")
     fig = plotting.figure(dirs, x, y, labels, suite.plot.xscale, suite.plot.yscale,
