@@ -213,6 +213,11 @@ def test_committed_suites_are_valid():
 
 
 def test_run_labels_fall_back_to_folder_names(tmp_path):
-    a = rundirs.RunDir(tmp_path / "one", {"algorithm": {"name": "soba"}}, [])
-    b = rundirs.RunDir(tmp_path / "two", {"algorithm": {"name": "soba"}}, [])
-    assert rundirs.labels([a, b]) == ["soba, identity (one)", "soba, identity (two)"]
+    def run(name, alpha, every):
+        conf = {"algorithm": {"name": "soba", "alpha": alpha}, "checkpoint_every": every}
+        return rundirs.RunDir(tmp_path / name, conf, [])
+
+    runs = [run("one", 0.1, 0), run("two", 0.1, 5), run("three", 0.3, 0)]
+    # checkpoint_every does not change results, so it does not tell runs apart; folder names do
+    assert rundirs.labels(runs) == ["soba, identity, alpha=0.1 (one)", "soba, identity, alpha=0.1 (two)",
+                                    "soba, identity, alpha=0.3"]

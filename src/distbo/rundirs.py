@@ -14,6 +14,8 @@ from .errors import ConfigError, unknown
 
 #: short names accepted for metric fields (``--x rounds`` is the ``round`` field)
 ALIASES = {"rounds": "round", "bits": "bits_up", "time": "wall_s"}
+#: configuration keys that do not change a run's metrics: never used to tell runs apart
+BOOKKEEPING = {"task_info", "checkpoint_every", "procs", "timeout"}
 
 
 @dataclass
@@ -79,19 +81,19 @@ def field_name(runs: list[RunDir], name: str, option: str) -> str:
 
 
 def labels(runs: list[RunDir]) -> list[str]:
-    """'algorithm, compressor' per run; runs that share one get the config values that differ."""
+    """'algorithm, compressor' per run; runs that share one get the config values that differ, and
+    runs that still look alike their folder names."""
     base = [f"{r.algorithm}, {r.compressor}" for r in runs]
     out = list(base)
     for lab in set(base):
         group = [i for i, b in enumerate(base) if b == lab]
         if len(group) < 2:
             continue
-        flat = [_flatten({k: v for k, v in runs[i].config.items() if k != "task_info"}) for i in group]
+        flat = [_flatten({k: v for k, v in runs[i].config.items() if k not in BOOKKEEPING}) for i in group]
         keys = sorted(k for k in set().union(*flat) if len({json.dumps(f.get(k)) for f in flat}) > 1)
         for i, f in zip(group, flat):
-            extra = ", ".join(f"{k.split('.')[-1]}={f.get(k)}" for k in keys[:3])
-            out[i] = f"{lab}, {extra}" if extra else f"{lab} ({runs[i].path.name})"
-    return out
+            out[i] = ", ".join([lab, *(f"{k.split('.')[-1]}={f.get(k)}" for k in keys[:3])])
+    return [f"{lab} ({r.path.name})" if out.count(lab) > 1 else lab for lab, r in zip(out, runs)]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
