@@ -283,3 +283,16 @@ def test_killing_the_launcher_leaves_no_process_behind(tmp_path):
         time.sleep(0.2)
     assert not [p for p in family if _alive(p)]
     assert len(_read_rows(out)) >= 3
+
+
+def test_a_rank_that_does_not_finish_after_the_others_is_stopped(tmp_path, job):
+    """The ranks finish together; one still running ``timeout`` s after another ended is stopped."""
+    ctx = launch._context()
+    children = [ctx.Process(target=time.sleep, args=(0,)), ctx.Process(target=time.sleep, args=(600,))]
+    for c in children:
+        c.start()
+    tic = time.time()
+    failures, stopped = launch._watch(children, tmp_path, timeout=1.0)
+    assert failures == {} and stopped == [1] and not children[1].is_alive()
+    assert time.time() - tic < 1.0 + launch.KILL_AFTER_S + 5
+    assert str(launch._summarize(failures, stopped, 1.0)).startswith("rank 1 stopped answering (timeout 1 s)")

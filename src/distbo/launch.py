@@ -147,7 +147,7 @@ def spawn(fn: Callable[..., Any], args: tuple, procs: int, timeout: float) -> li
     try:
         for c in children:
             c.start()
-        failures, stopped = _watch(children, tmp, min(GRACE_S, timeout))
+        failures, stopped = _watch(children, tmp, timeout)
         if failures or stopped:
             raise _summarize(failures, stopped, timeout)
         results = [tmp / f"result-rank{r}.pt" for r in range(procs)]
@@ -157,11 +157,13 @@ def spawn(fn: Callable[..., Any], args: tuple, procs: int, timeout: float) -> li
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _watch(children: list, tmp: Path, grace: float) -> tuple[dict[int, dict], list[int]]:
-    """Wait for every child; after the first failure, stop the ones still running after ``grace``."""
+def _watch(children: list, tmp: Path, timeout: float) -> tuple[dict[int, dict], list[int]]:
+    """Wait for every child. After the first failure, stop the ones still running ``GRACE_S``
+    later (at most ``timeout``); after the first success, the ones still running ``timeout`` later
+    (the ranks work in lockstep, so they finish together)."""
     alive = {c.sentinel: r for r, c in enumerate(children)}
     failures: dict[int, dict] = {}
-    first = None
+    failed_at = done_at = None
     while alive:
         ready = wait(list(alive), timeout=0.2)
         now = time.time()
@@ -170,9 +172,12 @@ def _watch(children: list, tmp: Path, grace: float) -> tuple[dict[int, dict], li
             children[r].join()
             if children[r].exitcode != 0:
                 failures[r] = _failure(r, children[r].exitcode, tmp, now)
-        if failures and first is None:
-            first = now
-        if first is not None and alive and now - first > grace:
+                failed_at = failed_at or now
+            else:
+                done_at = done_at or now
+        late = ((failed_at is not None and now - failed_at > min(GRACE_S, timeout))
+                or (done_at is not None and now - done_at > timeout))
+        if alive and late:
             stopped = sorted(alive.values())
             _stop([children[r] for r in stopped])
             return failures, stopped
