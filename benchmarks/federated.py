@@ -40,7 +40,7 @@ QUAD_METHODS = [  # label, algorithm, compressor
     ("LFedNest T=2 tau=5 N=100", {"name": "lfednest", "beta": 0.05, "inner_rounds": 2, "local_steps": 5,
                                   "neumann_terms": 100, "eta": 0.05}, "identity"),
     ("SOBA", {"name": "soba", "beta": 0.1, "gamma": 0.1}, "identity"),
-    ("EF-SOBA top-K 20%", {"name": "ef-soba", "beta": 0.1, "gamma": 0.1}, "topk:0.2"),
+    ("EF-SOBA top-K 20%", {"name": "ef-soba", "beta": 0.1, "gamma": 0.1, "theta": 1.0}, "topk:0.2"),
 ]
 
 REP_METHODS = [
@@ -50,7 +50,7 @@ REP_METHODS = [
     ("LFedNest T=2 tau=5 N=5", {"name": "lfednest", "beta": 0.1, "inner_rounds": 2, "local_steps": 5,
                                 "neumann_terms": 5, "eta": 0.1}, "identity"),
     ("SOBA", {"name": "soba"}, "identity"),
-    ("EF-SOBA top-K 10%", {"name": "ef-soba"}, "topk:0.1"),
+    ("EF-SOBA top-K 10%", {"name": "ef-soba", "theta": 1.0}, "topk:0.1"),
 ]
 
 
@@ -69,20 +69,24 @@ def fmt_cost(row) -> tuple[str, str]:
     return str(row["comm_rounds"]), f"{row['bits_up'] / 8e6:.3g}"
 
 
-def available(methods):
-    return [m for m in methods if m[1]["name"] in ALGORITHMS.names()]
+def available(methods, only: list[str] | None = None):
+    """The registered methods (whose label contains one of ``only``, if given)."""
+    return [m for m in methods if m[1]["name"] in ALGORITHMS.names()
+            and (not only or any(o.lower() in m[0].lower() for o in only))]
 
 
-def quadratic(budget: int, max_iters: int, levels: list[float]) -> None:
+def quadratic(budget: int, max_iters: int, levels: list[float], only: list[str] | None) -> None:
     task = lambda h: {"name": "quadratic", "heterogeneity": h}
     print(f"## quadratic heterogeneity sweep (budget {budget} comm rounds or {max_iters} outer iterations)\n")
     print("| h | method | rounds/iter | rounds to 1e-1 | MB up to 1e-1 | rounds to 1e-2 | MB up to 1e-2 "
           "| floor (min rel. norm) | at round | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for h in levels:
-        for label, alg, comp in available(QUAD_METHODS):
+        for label, alg, comp in available(QUAD_METHODS, only):
             per = rounds_per_iteration(task(h), alg, comp, 8)
-            iters = min(max_iters, budget // per)
+            # double-loop methods move x once per outer iteration: max_iters x steps are far more
+            # than x needs here; single-loop methods get the whole round budget
+            iters = budget // per if per == 1 else min(max_iters, budget // per)
             tic = time.perf_counter()
             try:
                 r = distbo.run(task(h), dict(alg), compressor=comp, workers=8, rounds=iters, eval_every=1,
@@ -102,7 +106,7 @@ def quadratic(budget: int, max_iters: int, levels: list[float]) -> None:
                   f"| {best['comm_rounds']} | {secs:.0f} |", flush=True)
 
 
-def hyperrep(budget: int, targets: list[float], seeds: list[int]) -> None:
+def hyperrep(budget: int, targets: list[float], seeds: list[int], only: list[str] | None) -> None:
     if "hyperrep" not in TASKS.names():
         print("hyperrep is not registered: skipped")
         return
@@ -111,7 +115,7 @@ def hyperrep(budget: int, targets: list[float], seeds: list[int]) -> None:
     head = " | ".join(f"rounds to {t:.0%} | MB up to {t:.0%}" for t in targets)
     print(f"| method | seed | rounds/iter | {head} | best test acc | final test acc | train s |")
     print("|---|---|---|" + "---|---|" * len(targets) + "---|---|---|")
-    for label, alg, comp in available(REP_METHODS):
+    for label, alg, comp in available(REP_METHODS, only):
         per = rounds_per_iteration(task, alg, comp, 10)
         iters = budget // per
         for seed in seeds:
@@ -128,17 +132,18 @@ def hyperrep(budget: int, targets: list[float], seeds: list[int]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=["quadratic", "hyperrep", "all"], default="all")
+    ap.add_argument("--only", nargs="+", help="methods whose label contains one of these")
     ap.add_argument("--budget", type=int, default=8000, help="comm rounds per quadratic run")
     ap.add_argument("--max-iters", type=int, default=300, help="outer iterations per quadratic run")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     ap.add_argument("--rep-budget", type=int, default=1100, help="comm rounds per hyperrep run")
-    ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.85])
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.85, 0.9])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     a = ap.parse_args()
     if a.part in ("quadratic", "all"):
-        quadratic(a.budget, a.max_iters, a.levels)
+        quadratic(a.budget, a.max_iters, a.levels, a.only)
     if a.part in ("hyperrep", "all"):
-        hyperrep(a.rep_budget, a.targets, a.seeds)
+        hyperrep(a.rep_budget, a.targets, a.seeds, a.only)
 
 
 if __name__ == "__main__":
