@@ -14,12 +14,15 @@ Client FLOPs per communication round (forward F = 2 B sum_l s_l s_{l+1} of the c
 three gradients of finite differences): RABO / RAFBO report them (metrics ``client_flops_*``);
 for SOBA (3F_f + 9F_g per round) and AggITD (N tau (3F_g + 9F_g) + 3F_f per outer iteration,
 spread over its 2N + 1 rounds) they are computed here with the same convention. Time per round is
-wall time of the whole simulated round (all 8 clients in one process), so it is noisy on a shared
-machine; the second table isolates one client's compute per resource level.
+the median over rounds of the wall time of one whole simulated round (all 8 clients in one
+process; AggITD: an outer iteration / 11), still noisy on a shared machine; the second table
+isolates the compute of each resource level.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 
@@ -27,21 +30,22 @@ import distbo
 from distbo.algorithms import ALGORITHMS
 from distbo.algorithms.submodels import keep_count
 from distbo.models import DenseNet
+from distbo.runner import build, resolve
 
 torch.set_num_threads(1)
 
 TASK = {"name": "hyperrep", "dataset": "mnist5k", "hidden": [200], "batch_size": 64}
 WORKERS = 8
-MIXED = "[1, 0.5, 0.25, 0.125]"
+MIXED = [1.0, 0.5, 0.25, 0.125]
 AGGITD = {"name": "aggitd", "beta": 0.1, "inner_rounds": 5, "local_steps": 5}
 
 METHODS = [  # label, algorithm, resources, policy
     ("SOBA (full model)", "soba", None, None),
     ("AggITD N=5 tau=5 (full model)", AGGITD, None, None),
-    ("RABO", "rabo", "[1]", "rolling"),
+    ("RABO", "rabo", [1.0], "rolling"),
     ("RABO", "rabo", MIXED, "rolling"),
     ("RABO", "rabo", MIXED, "static"),
-    ("RABO", "rabo", "[0.25]", "rolling"),
+    ("RABO", "rabo", [0.25], "rolling"),
     ("RABO exact products", {"name": "rabo", "products": "exact"}, MIXED, "rolling"),
     ("RAFBO T=5", {"name": "rafbo", "local_steps": 5}, MIXED, "rolling"),
 ]
@@ -60,60 +64,82 @@ def full_model_flops(alg, net: DenseNet, batch: int) -> float:
     return (steps * (3 * F + 9 * F) + 3 * F) / (2 * alg["inner_rounds"] + 1)
 
 
-def run(alg, resources, policy, rounds: int, eval_every: int):
-    over = [] if resources is None else [f"clients.resources={resources}", f'clients.policy="{policy}"']
-    return distbo.run(dict(TASK), alg, workers=WORKERS, rounds=rounds, eval_every=eval_every, seed=0,
-                      overrides=over)
+def timed_run(alg, resources, policy, iters: int, evals: int = 4):
+    """Run with every outer iteration timed on its own (the median is robust to a busy machine).
+    Returns (final metrics row, best test accuracy, median seconds per outer iteration, algorithm)."""
+    clients = {} if resources is None else {"resources": resources, "policy": policy}
+    res, problem = resolve({"task": dict(TASK), "algorithm": alg, "workers": WORKERS, "rounds": iters,
+                            "seed": 0, "clients": clients})
+    algorithm, comm = build(res, problem)
+    state, times, accs = algorithm.init(), [], []
+    for t in range(iters):
+        tic = time.perf_counter()
+        state = algorithm.step(state, t)
+        times.append(time.perf_counter() - tic)
+        if (t + 1) % max(1, iters // evals) == 0 or t + 1 == iters:
+            accs.append(problem.evaluate(*algorithm.point(state))["test_acc"])
+    row = {**comm.stats.as_dict(), "test_acc": accs[-1], **algorithm.metrics(state)}
+    return row, max(accs), statistics.median(times[1:] or times), algorithm
 
 
 def methods_table(budget: int) -> None:
     net = DenseNet((784, *TASK["hidden"], 10), split=1)
     print(f"## hyperrep mnist5k, MLP 784-200-10, {WORKERS} iid clients, {budget} communication rounds\n")
-    print("| method | resources | policy | test acc | C_x* | client GFLOP/round mean | max "
-          "| MB up/round | s/round |")
+    print("| method | resources | policy | test acc (best) | C_x* | client GFLOP/round mean | max "
+          "| MB up/round | s/round (median) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, alg, res, policy in METHODS:
         if name_of(alg) not in ALGORITHMS.names():
             print(f"| {label} | - | - | not registered | | | | | |")
             continue
-        iters = budget // (2 * alg["inner_rounds"] + 1) if name_of(alg) == "aggitd" else budget
-        r = run(alg, res, policy, iters, max(1, iters // 4))
-        last = r.metrics[-1]
+        per_iter = 2 * alg["inner_rounds"] + 1 if name_of(alg) == "aggitd" else 1
+        last, best, sec, _ = timed_run(alg, res, policy, budget // per_iter)
         rounds = last["comm_rounds"]
         if "client_flops_mean" in last:
             fm, fx = last["client_flops_mean"], last["client_flops_max"]
         else:
             fm = fx = full_model_flops(alg, net, TASK["batch_size"])
-        best = max(m["test_acc"] for m in r.metrics)
-        print(f"| {label} | {res or 'all 1'} | {policy or '-'} | {last['test_acc']:.4f} (best {best:.4f}) "
+        shown = "all 1" if res is None else str(res)
+        print(f"| {label} | {shown} | {policy or '-'} | {last['test_acc']:.4f} ({best:.4f}) "
               f"| {last.get('C_x', '-')} | {fm / 1e9:.3f} | {fx / 1e9:.3f} "
-              f"| {last['bits_up'] / rounds / 8e6:.2f} | {last['wall_s'] / rounds:.3f} |", flush=True)
+              f"| {last['bits_up'] / rounds / 8e6:.2f} | {sec / per_iter:.3f} |", flush=True)
 
 
 def levels_table(rounds: int) -> None:
-    """One resource level for every client: the per-client compute of that level."""
-    print(f"\n## one level for all {WORKERS} clients (rolling windows), {rounds} rounds of RABO\n")
-    print("| level | hidden units kept | client params (x, y, v floats) | client GFLOP/round "
-          "| s/round (8 clients) | test acc |")
-    print("|---|---|---|---|---|---|")
+    """One resource level for every client: the per-client compute of that level. Each round is
+    timed on its own; the median and the minimum over rounds are less noisy than a run's total."""
+    print(f"\n## one level for all {WORKERS} clients (rolling windows), {rounds} timed rounds of RABO\n")
+    print("| level | hidden units kept | client floats (x, y, v) | client GFLOP/round "
+          "| s/round, 8 clients: median | min | test acc |")
+    print("|---|---|---|---|---|---|---|")
     net = DenseNet((784, *TASK["hidden"], 10), split=1)
     for level in (1.0, 0.5, 0.25, 0.125):
-        r = run("rabo", f"[{level}]", "rolling", rounds, rounds)
-        last = r.metrics[-1]
+        res, problem = resolve({"task": dict(TASK), "algorithm": "rabo", "workers": WORKERS, "rounds": rounds,
+                                "clients": {"resources": [level], "policy": "rolling"}})
+        alg, _ = build(res, problem)
+        state, times = alg.step(alg.init(), 0), []  # round 0 warms up
+        for t in range(1, rounds + 1):
+            tic = time.perf_counter()
+            state = alg.step(state, t)
+            times.append(time.perf_counter() - tic)
         k = keep_count(level, TASK["hidden"][0])
         sub = net.sub_sizes([k])
         floats = net.numel("x", sub) + 2 * net.numel("y", sub)
-        print(f"| {level} | {k} | {floats} | {last['client_flops_mean'] / 1e9:.3f} "
-              f"| {last['wall_s'] / rounds:.3f} | {last['test_acc']:.4f} |", flush=True)
+        acc = problem.evaluate(*alg.point(state))["test_acc"]
+        print(f"| {level} | {k} | {floats} | {alg.metrics(state)['client_flops_mean'] / 1e9:.3f} "
+              f"| {statistics.median(times):.3f} | {min(times):.3f} | {acc:.4f} |", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=300, help="communication rounds per method")
-    ap.add_argument("--level-rounds", type=int, default=40, help="rounds per level in the second table")
+    ap.add_argument("--level-rounds", type=int, default=40, help="timed rounds per level in the second table")
+    ap.add_argument("--part", choices=("all", "methods", "levels"), default="all")
     a = ap.parse_args()
-    methods_table(a.rounds)
-    levels_table(a.level_rounds)
+    if a.part in ("all", "methods"):
+        methods_table(a.rounds)
+    if a.part in ("all", "levels"):
+        levels_table(a.level_rounds)
 
 
 if __name__ == "__main__":
