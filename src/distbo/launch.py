@@ -21,6 +21,7 @@ import datetime
 import json
 import multiprocessing as mp
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -142,8 +143,9 @@ def spawn(fn: Callable[..., Any], args: tuple, procs: int, timeout: float) -> li
     tmp = Path(tempfile.mkdtemp(prefix="distbo-job-"))
     env = {**os.environ, "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs), "MASTER_ADDR": "127.0.0.1",
            ENV_INIT: f"file://{tmp / 'rendezvous'}"}
+    work = pickle.dumps((fn, args))  # unpickled inside the child, where a failure is reported
     children = [ctx.Process(target=_child, name=f"distbo-rank{r}",
-                            args=(r, env, str(tmp), timeout, os.getpid(), fn, args)) for r in range(procs)]
+                            args=(r, env, str(tmp), timeout, os.getpid(), work)) for r in range(procs)]
     try:
         for c in children:
             c.start()
@@ -295,7 +297,15 @@ def exit_code(exc: BaseException) -> int:
     return 1
 
 
-def _child(r: int, env: dict[str, str], tmp: str, timeout: float, launcher: int, fn, args) -> None:
+def _unpickle(work: bytes):
+    try:
+        return pickle.loads(work)
+    except (AttributeError, ImportError) as exc:
+        raise RuntimeError(f"cannot load the run in a new process ({exc}); define your Problem class in a "
+                           "module, or in a script whose run code is under `if __name__ == '__main__':`") from exc
+
+
+def _child(r: int, env: dict[str, str], tmp: str, timeout: float, launcher: int, work: bytes) -> None:
     os.environ.clear()  # the launcher's environment now, not the fork server's
     os.environ.update(env, RANK=str(r), LOCAL_RANK=str(r))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback())
@@ -303,6 +313,7 @@ def _child(r: int, env: dict[str, str], tmp: str, timeout: float, launcher: int,
     signal.signal(signal.SIGTERM, _on_term)
     tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock: nothing to leak at os._exit
     try:
+        fn, args = _unpickle(work)
         init_group(timeout)
         value = fn(*args)
         if value is not None:
