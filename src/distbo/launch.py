@@ -102,7 +102,6 @@ def make_comm(workers: int, timeout: float) -> Communicator:
     """The simulator, or (inside a job) torch.distributed with a block of workers per process."""
     if not in_job():
         return SimulatedComm(workers)
-
     init_group(timeout)
     return TorchDistComm(workers)
 

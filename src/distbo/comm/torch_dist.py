@@ -156,6 +156,8 @@ class Fault:
 
 
 class TorchDistComm(Communicator):
+    """This process's block of workers in a torch.distributed job (see the module docstring)."""
+
     def __init__(self, n_workers: int, device: torch.device | str = "cpu", group=None):
         super().__init__()
         if not dist.is_initialized():
