@@ -7,6 +7,7 @@ evaluation is not counted.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import sys
@@ -134,6 +135,7 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
             comm: Communicator | None = None, resume: bool = False) -> Result:
     """Run the round loop of a resolved configuration (``resume``: from the checkpoint in ``out``)."""
     torch.manual_seed(res.run.seed)
+    importlib.import_module("torch._dynamo")  # torch.func loads it on first use (seconds): not in wall_s
     algorithm, comm = build(res, problem, comm)
     out = Path(out) if out is not None else None
     with checkpoint.claim(out, comm.rank):  # no second process writes this folder meanwhile
