@@ -99,10 +99,10 @@ def test_rounds_and_bits_follow_the_formula(fraction, compressor):
     assert last["comm_rounds"] == rounds * (2 * N + 1)
     m = round(fraction * n)
     if compressor == "identity":
-        # N forward rounds (d_y) + (v, h) + N - 1 backward rounds (d_y) + the last one (d_x)
-        per_client = (N * dy + (dy + dx) + (N - 1) * dy + dx) * 32
-    else:  # rand-K with K = 2: 32 K + 32 bits per message
-        per_client = (N + 2 + N - 1 + 1) * (32 * 2 + 32)
+        # N forward rounds (d_y) + v^N + N - 1 backward rounds (d_y) + the last one (d_x, once)
+        per_client = (N * dy + dy + (N - 1) * dy + dx) * 32
+    else:  # rand-K with K = 2: 32 K + 32 bits per message, one message per round
+        per_client = (2 * N + 1) * (32 * 2 + 32)
     assert last["bits_up"] == rounds * m * per_client
     # down: (x, y) at the start, y after each forward round, v before each backward round
     assert last["bits_down"] == rounds * m * (dx + dy + N * dy + N * dy) * 32

@@ -5,15 +5,17 @@ Differentiation", ICML 2023. Per outer iteration t, with the sampled participant
 
   forward, FedAvg (N rounds):   y_i^{r,0} = y^r;  y_i^{r,m+1} = y_i^{r,m} - beta grad_y G_i(x, y_i^{r,m}; zeta_i^{r,m})
                                 y^{r+1} = mean_i y_i^{r,tau}          (clients send y^r - y_i^{r,tau})
-  (1 round)                     v^N = mean_i grad_y F_i(x, y^N);  h = mean_i grad_x F_i(x, y^N)  (same sample)
+  (1 round)                     v^N = mean_i grad_y F_i(x, y^N)   (client i keeps grad_x F_i(x, y^N), same sample)
   backward (N rounds), r = N-1 .. 0, client i, reusing the forward's iterates and minibatches:
                                 u = v^{r+1};  for m = tau-1 .. 0:
                                   r_i += -beta H_xy,i(x, y_i^{r,m}) u;  u <- u - beta H_yy,i(x, y_i^{r,m}) u
                                 server: v^r = mean_i u
-  grad_hat = h + mean_i sum_r r_i;  x <- x - alpha grad_hat;  y^0 <- y^N for the next iteration.
+  grad_hat = mean_i (grad_x F_i + sum_r r_i);  x <- x - alpha grad_hat;  y^0 <- y^N next.
 
-Each client keeps its own running sum of r_i and sends it once, with the last backward round,
-which does not send v^0 (it is not needed): 2N + 1 rounds per outer iteration. With fixed samples
+Each client keeps grad_x F_i plus its running sum of r_i and sends that one d_x-vector with the
+last backward round, which does not send v^0 (not needed): 2N + 1 rounds per outer iteration.
+(ALGORITHMS.md sends grad_x F_i in the v^N round; by linearity sending it with the last round
+gives the same grad_hat and saves one d_x-vector per client, the dominant cost when d_x >> d_y.) With fixed samples
 grad_hat is exactly the derivative of x -> F(x, y^N(x)) through the aggregated trajectory (the
 warm start carries no gradient); see tests/test_aggitd.py.
 """
@@ -61,10 +63,8 @@ class AggITD(FederatedAlgorithm):
         for batches in g:
             y, starts = fedavg_round(fr, c, x, y, batches, beta, keep=True)
             iterates.append(starts)
-        gx, gy = c.grad_f(x, y, f, reduce=fr.exact)
-        out = fr.exchange({"v": gy, "h": gx})
-        v, h = out["v"], out["h"]
-        acc = torch.zeros(fr.n, x.numel(), dtype=x.dtype)  # each client's sum of r_i
+        acc, v = c.grad_f(x, y, f)  # each client keeps grad_x F_i and adds its r_i to it
+        v = fr.exchange({"v": v})["v"]
         for r in reversed(range(len(g))):
             fr.broadcast({"v": v})
             u = v.unsqueeze(0).expand(fr.n, -1)
@@ -74,8 +74,7 @@ class AggITD(FederatedAlgorithm):
                 u = u - beta * hy
             if r > 0:
                 v = fr.exchange({"v": u})["v"]
-        h = h + fr.exchange({"h": acc})["h"]
-        return h, y
+        return fr.exchange({"h": acc})["h"], y
 
 
 @ALGORITHMS.register("aggitd", AggITDParams,
