@@ -100,7 +100,7 @@ CASES = [  # (algorithm, hyper-parameters, rounds per outer iteration with T=2, 
 
 
 @pytest.mark.parametrize("name,hp,per_iter", CASES)
-@pytest.mark.parametrize("fraction,compressor", [(1.0, "identity"), (0.5, "qsgd:4")])
+@pytest.mark.parametrize("fraction,compressor", [(1.0, "identity"), (0.5, "qsgd:4"), (1.0, "sign")])
 def test_rounds_follow_the_formula(name, hp, per_iter, fraction, compressor):
     r = distbo.run("quadratic", {"name": name, "inner_rounds": 2, "neumann_terms": 3, **hp}, workers=6,
                    rounds=2, eval_every=2, compressor=compressor,
