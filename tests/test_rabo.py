@@ -90,7 +90,9 @@ def test_mixed_round_on_quadratic_equals_per_client_masked_reference():
     masks = {k: torch.zeros(6, d, dtype=F64) for k, d in (("x", q.d_x), ("y", q.d_y))}
     for grp in plan.groups:
         for k in masks:
-            masks[k][grp.workers[:, None], grp.coords[k]] = 1
+            masks[k][grp.workers] = grp.kept[k].to(F64)
+    # levels 1, 0.5, 0.25 cycled: ceil(r d) coordinates kept of x (d = 5) and y (d = 7)
+    assert masks["x"].sum(1).tolist() == [5, 3, 2] * 2 and masks["y"].sum(1).tolist() == [7, 4, 2] * 2
     bf, bg = alg.batches(t)
     D = soba_directions(Oracles(q), s.x, s.y, s.v, bf, bg, reduce=False)
     new = alg.step(s, t)

@@ -99,7 +99,7 @@ class RABO(Algorithm):
                 cur = {n: cur[n] - lr[n] * self.layout.masked(grp, n, D[n]) for n in VARS}
                 cur["v"] = project_ball(cur["v"], self.hp.radius)
             for n, old in zip(VARS, start):
-                parts[n].append((self.layout.kept(grp, n, cur[n] - old), grp.coords[SPACE[n]]))
+                parts[n].append(self.layout.kept(grp, n, cur[n] - old))
         dims = {"x": self.problem.d_x, "y": self.problem.d_y, "v": self.problem.d_y}
         sums = self.comm.exchange({n: Kept(dims[n], parts[n], self.comm.n_local, s.x.dtype) for n in VARS},
                                   mean=False)

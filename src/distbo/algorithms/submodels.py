@@ -63,7 +63,9 @@ class Group:
     level: int  # index into Layout.levels
     workers: Tensor  # their global ids
     idx: list[Tensor]  # kept unit indices per family, [n_g, k_f]
-    coords: dict[str, Tensor]  # 'x', 'y' -> [n_g, k] positions of the kept coordinates
+    # 'x', 'y' -> which coordinates the clients keep: positions [n_g, k] (network layout) or
+    # 0/1 masks [n_g, d] (coordinate layout, where one group holds every local client)
+    kept: dict[str, Tensor]
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Layout:
         return out
 
     def plan(self, t: int, key: Tensor, local: Tensor) -> Plan:
+        """Round t's coverage and the local clients' groups (one per resource level)."""
         drawn = self.draw(t, key)
         groups = []
         for L, (workers, idx) in enumerate(zip(self.members, drawn)):
@@ -143,6 +146,7 @@ class Layout:
 
     # --- what subclasses define ---
     def coords(self, idx: list[Tensor]) -> dict[str, Tensor]:
+        """Positions [n_g, k] in x and y of the coordinates kept with unit indices ``idx``."""
         raise NotImplementedError
 
     def coverage(self, drawn: list[list[Tensor]]) -> dict[str, Tensor]:
@@ -160,9 +164,10 @@ class Layout:
         """A local update restricted to the kept coordinates (on the computation vectors)."""
         return u
 
-    def kept(self, grp: Group, name: str, u: Tensor) -> Tensor:
-        """The kept coordinates [n_g, k] of a computation-vector quantity, in ``coords`` order."""
-        return u
+    def kept(self, grp: Group, name: str, u: Tensor) -> tuple[Tensor, Tensor]:
+        """The kept entries of a computation-vector quantity [n_g, ...], flat, with their flat
+        positions in the full vector: what a client sends (the positions do not travel)."""
+        return u.reshape(-1), grp.kept[SPACE[name]].reshape(-1)
 
     def down_floats(self, L: int) -> int:
         """Floats the server sends a level-L client per round (x, y and v as it needs them)."""
@@ -181,22 +186,30 @@ class _Losses:
 
 
 class CoordLayout(Layout):
-    """Fallback: each coordinate of x and of y is a unit; compute on full vectors, masked updates."""
+    """Fallback: each coordinate of x and of y is a unit; compute on full vectors, masked updates.
+
+    Every client's computation vectors have the full size, so all local clients form one group."""
 
     def __init__(self, problem, clients, n_workers):
         super().__init__(problem, clients, n_workers)
         self.families = [problem.d_x, problem.d_y]
         self._losses = _Losses(problem)
 
-    def coords(self, idx):
-        return {"x": idx[0], "y": idx[1]}
+    def masks(self, drawn: list[list[Tensor]]) -> dict[str, Tensor]:
+        """0/1 masks [n, d] of every client's kept coordinates of x and y."""
+        out = {k: torch.zeros(self.n, d, dtype=torch.bool) for k, d in self.dims.items()}
+        for workers, idx in zip(self.members, drawn):
+            for f, k in enumerate(("x", "y")):
+                out[k][workers[:, None], idx[f]] = True
+        return out
+
+    def plan(self, t, key, local):
+        masks = self.masks(self.draw(t, key))
+        cov = {k: m.sum(0).to(self.problem.dtype) for k, m in masks.items()}
+        return Plan(cov, [Group(0, local, [], {k: m[local] for k, m in masks.items()})])
 
     def coverage(self, drawn):
-        cov = {}
-        for f, k in enumerate(("x", "y")):
-            flat = torch.cat([idx[f].reshape(-1) for idx in drawn])
-            cov[k] = torch.bincount(flat, minlength=self.dims[k]).to(self.problem.dtype)
-        return cov
+        return {k: m.sum(0).to(self.problem.dtype) for k, m in self.masks(drawn).items()}
 
     def losses(self, L):
         return self._losses
@@ -206,11 +219,11 @@ class CoordLayout(Layout):
         return x.expand(n, -1), y.expand(n, -1), v.expand(n, -1)
 
     def masked(self, grp, name, u):
-        c = grp.coords[SPACE[name]]
-        return torch.zeros_like(u).scatter(1, c, u.gather(1, c))
+        return torch.where(grp.kept[SPACE[name]], u, torch.zeros((), dtype=u.dtype))
 
     def kept(self, grp, name, u):
-        return u.gather(1, grp.coords[SPACE[name]])
+        m = grp.kept[SPACE[name]]
+        return u[m], torch.nonzero(m)[:, 1]
 
     def down_floats(self, L):
         return self.dims["x"] + 2 * self.dims["y"]
@@ -243,7 +256,7 @@ class NetLayout(Layout):
         return self._losses[L]
 
     def view(self, grp, x, y, v):
-        cx, cy = grp.coords["x"], grp.coords["y"]
+        cx, cy = grp.kept["x"], grp.kept["y"]
         return x[cx], y[cy], v[cy]
 
     def down_floats(self, L):
@@ -286,9 +299,9 @@ def coverage_average(old: Tensor, total: Tensor, coverage: Tensor) -> Tensor:
 class Kept(Message):
     """Each local client's kept coordinates of one full-size vector (ALGORITHMS.md section 4).
 
-    ``parts`` holds, per level group, the values [n_g, k] and their positions [n_g, k] in the
-    d-vector. Only the values travel: positions are a pure function of (seed, round, worker,
-    level) the server recomputes, so the bits are the float width times the kept coordinates."""
+    ``parts`` holds, per group of clients, their kept values and the values' positions in the
+    d-vector (same shapes). Only the values travel: positions are a pure function of (seed, round,
+    worker, level) the server recomputes, so the bits are the float width times the kept values."""
 
     def __init__(self, d: int, parts: list[tuple[Tensor, Tensor]], count: int, dtype: torch.dtype):
         self.d, self.parts, self.count, self.dtype = d, parts, count, dtype
