@@ -71,7 +71,7 @@ class RABO(Algorithm):
         level_of = self.layout.level_of
         width = float_bits(torch.zeros((), dtype=self.problem.dtype))
         self.down = PerReceiver(torch.tensor([self.layout.down_floats(int(L)) for L in level_of]), width)
-        bf, bg = self.batches(0, self.workers[:1], sub=-1)
+        bf, bg = self.batches(0, self.workers[:1], sub=-1)  # one client's batches: their sizes, for FLOPs
         per_level = [self.layout.flops(L, bf, bg, self.steps) for L in range(n_levels)]
         self.flops = None if None in per_level else torch.tensor(per_level, dtype=torch.float64)[level_of]
 
