@@ -24,8 +24,12 @@ Bits are the up-link bits summed over clients; rounds are worker->server exchang
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import re
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -64,6 +68,17 @@ def rounds_per_iteration(task, algorithm, compressor, workers) -> int:
     return r.metrics[-1]["comm_rounds"]
 
 
+def run_rows(task, algorithm, compressor, **kw) -> tuple[list[dict], int | None]:
+    """Metric rows of one run, and the outer iteration where it diverged (None if it did not);
+    a diverged run keeps the rows it wrote before."""
+    with tempfile.TemporaryDirectory() as out:
+        try:
+            return distbo.run(task, dict(algorithm), compressor=compressor, out=out, **kw).metrics, None
+        except distbo.DivergenceError as exc:
+            rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+            return rows, int(re.search(r"round (\d+)", str(exc)).group(1))
+
+
 def first(rows, ok):
     return next((r for r in rows if ok(r)), None)
 
@@ -93,16 +108,9 @@ def quadratic(budget: int, max_iters: int, levels: list[float], only: list[str] 
             # than x needs here; single-loop methods get the whole round budget
             iters = budget // per if per == 1 else min(max_iters, budget // per)
             tic = time.perf_counter()
-            try:
-                r = distbo.run(task(h), dict(alg), compressor=comp, workers=8, rounds=iters, eval_every=1,
-                               dtype="float64")
-                rows, note = r.metrics, ""
-            except distbo.DivergenceError:
-                rows, note = [], " (diverged)"
+            rows, div = run_rows(task(h), alg, comp, workers=8, rounds=iters, eval_every=1, dtype="float64")
+            note = f" (diverged at iteration {div})" if div is not None else ""
             secs = time.perf_counter() - tic
-            if not rows:
-                print(f"| {h} | {label} | {per} | diverged | - | - | - | - | - | {secs:.0f} |")
-                continue
             g0 = rows[0]["hypergrad_norm"]
             rel = lambda row: row["hypergrad_norm"] / g0
             c1, c2 = (fmt_cost(first(rows, lambda row, e=e: rel(row) <= e)) for e in (1e-1, 1e-2))
@@ -124,16 +132,13 @@ def hyperrep(budget: int, targets: list[float], seeds: list[int], only: list[str
         per = rounds_per_iteration(task, alg, comp, 10)
         iters = budget // per
         for seed in seeds:
-            try:
-                rows = distbo.run(task, dict(alg), compressor=comp, workers=10, rounds=iters, seed=seed,
-                                  eval_every=max(1, math.ceil(5 / per))).metrics
-            except distbo.DivergenceError as exc:
-                print(f"| {label} | {seed} | {per} | {exc} |", flush=True)
-                continue
+            rows, div = run_rows(task, alg, comp, workers=10, rounds=iters, seed=seed,
+                                 eval_every=max(1, math.ceil(5 / per)))
+            note = f" (diverged at iteration {div})" if div is not None else ""
             cells = " | ".join(" | ".join(fmt_cost(first(rows, lambda row, t=t: row["test_acc"] >= t)))
                                for t in targets)
             best = max(row["test_acc"] for row in rows)
-            print(f"| {label} | {seed} | {per} | {cells} | {best:.3f} | {rows[-1]['test_acc']:.3f} "
+            print(f"| {label} | {seed} | {per} | {cells} | {best:.3f} | {rows[-1]['test_acc']:.3f}{note} "
                   f"| {rows[-1]['wall_s']:.0f} |", flush=True)
 
 
