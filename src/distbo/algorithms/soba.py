@@ -13,9 +13,14 @@ down-link (``ctx.downlink``, config key ``downlink``) applies to every member: t
 broadcasts compressed model updates with server-side error feedback and workers evaluate at their
 (identical) copies; see ``CompressedDownlink``.
 
-SOBA itself is uncompressed: given a compressor other than identity it refuses (one-line
-ConfigError on 'compressor') and points to c-soba / cm-soba / ef-soba, rather than silently
-ignoring the compressor or silently becoming C-SOBA.
+Compressor kinds: C-SOBA and CM-SOBA average compressed directions and need an unbiased
+compressor (a contractive one is a one-line ConfigError on 'compressor' suggesting ef-soba).
+EF-SOBA takes any. The MSC variants take any too: multi-step compression turns every compressor
+into a contractive one (C' = C/(1+omega) for an unbiased C), and neither the moving average nor
+error feedback relies on unbiasedness of what it is fed; CM-SOBA-MSC, without error feedback,
+keeps a heterogeneity bias of order (1 - delta)^(R/2). SOBA itself is uncompressed: given a
+compressor other than identity it refuses (one-line ConfigError on 'compressor') and points to
+c-soba / cm-soba / ef-soba, rather than silently ignoring the compressor or becoming C-SOBA.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from pydantic import Field
 
 from ..compressors import multi_step
 from ..errors import ConfigError
+from ..registry import Params
 from .base import ALGORITHMS, Algorithm, Context, StepSizes, project_ball, schedule_factor
 from .compression import (CompressedUplink, ErrorFeedbackUplink, MovingAverage, downlink_keys, make_downlink,
                           require_unbiased)
@@ -105,12 +111,16 @@ class ErrorFeedbackSteps(MovingAverageSteps):
                               "1/(1+omega) for unbiased C)")
 
 
-class MovingAverageMSC(MovingAverageSteps):
+class MultiStepCompression(Params):
     msc_steps: int = Field(2, ge=1, description="compression rounds R on the residual")
 
 
-class ErrorFeedbackMSC(ErrorFeedbackSteps):
-    msc_steps: int = Field(2, ge=1, description="compression rounds R on the residual")
+class MovingAverageMSC(MultiStepCompression, MovingAverageSteps):
+    pass
+
+
+class ErrorFeedbackMSC(MultiStepCompression, ErrorFeedbackSteps):
+    pass
 
 
 def _average(hp: MovingAverageSteps, ctx: Context) -> MovingAverage:
