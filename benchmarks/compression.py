@@ -62,6 +62,13 @@ def first(rows, ok):
     return next((r for r in rows if ok(r)), None)
 
 
+def reached(hit, soba_bits):
+    """Table cells: rounds and bits to the target, and SOBA's bits over these."""
+    if hit is None:
+        return "never", "never", "-"
+    return str(hit["round"]), f"{hit['bits_up']:.3g}", f"{soba_bits / hit['bits_up']:.1f}x"
+
+
 def grid(alg: str):
     thetas = {"soba": [None], "c-soba": [None], "cm-soba": [0.2, 0.5]}.get(alg, [0.5, 1.0])
     for s, th in itertools.product([0.5, 0.25, 0.125], thetas):
@@ -103,7 +110,7 @@ def run_quadratic() -> None:
             print(f"| {alg} | {comp} | diverged | | | | | |")
             continue
         _, label, hit, final, bpr = best
-        to = (str(hit["round"]), f"{hit['bits_up']:.3g}", f"{soba_bits / hit['bits_up']:.1f}x") if hit else ("never",) * 2 + ("-",)
+        to = reached(hit, soba_bits)
         print(f"| {alg} | {comp} | {label} | {bpr:.0f} | {to[0]} | {to[1]} | {to[2]} | {final:.1e} |")
     print()
 
@@ -132,7 +139,7 @@ def run_hyperclean() -> None:
           "| final test acc | change (points) | total bits vs SOBA |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for alg, comp, rows in runs:
         hit = first(rows, lambda m: m["test_acc"] >= target)
-        to = (str(hit["round"]), f"{hit['bits_up']:.3g}", f"{soba_hit['bits_up'] / hit['bits_up']:.1f}x") if hit else ("never",) * 2 + ("-",)
+        to = reached(hit, soba_hit["bits_up"])
         final = rows[-1]["test_acc"]
         print(f"| {alg} | {comp} | {bits_per_round(rows, cfg['workers']):.0f} | {to[0]} | {to[1]} | {to[2]} "
               f"| {final:.4f} | {100 * (final - soba[-1]['test_acc']):+.1f} | "
