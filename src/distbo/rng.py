@@ -4,8 +4,9 @@ A key is an int64 tensor holding a 32-bit value (one per worker, or a scalar). N
 keeps state, so a run is reproducible from its seed alone, resuming needs no generator state,
 and a process hosting workers 4..7 draws exactly what the simulator draws for those workers.
 
-The mixer is the 32-bit integer hash of T. Mueller (xor-shift / multiply); products stay below
-2^59, so int64 arithmetic never overflows.
+The mixer is the 32-bit integer hash of T. Mueller (xor-shift / multiply). Keys are folded in
+Python integers; bulk draws are computed in place on int32 bit patterns (a wrapping multiply is
+arithmetic mod 2^32), which gives the same bits as the int64 reference ``_mix`` several times faster.
 """
 from __future__ import annotations
 
@@ -44,19 +45,60 @@ def key(*parts: int | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(k, dtype=torch.int64)
 
 
+def _as_i32(x: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2^32) -> int32 with the same 32 bits."""
+    return ((x & _M32) ^ 0x80000000).sub_(0x80000000).to(torch.int32)
+
+
+_COUNTERS: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _counters(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ctr, ctr * golden) as int32 bit patterns, cached per length."""
+    if n not in _COUNTERS:
+        ctr = torch.arange(n, dtype=torch.int64)
+        _COUNTERS[n] = (_as_i32(ctr), _as_i32(ctr * _GOLDEN))
+        if len(_COUNTERS) > 64:
+            _COUNTERS.pop(next(iter(_COUNTERS)))
+    return _COUNTERS[n]
+
+
+def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """``_mix`` in place on int32 bit patterns (wrapping multiply = mod 2^32; logical shifts)."""
+    for step in range(3):
+        torch.bitwise_right_shift(x, 16, out=tmp).bitwise_and_(0xFFFF)
+        x.bitwise_xor_(tmp)
+        if step < 2:
+            x.mul_(_MUL)
+    return x
+
+
+def _bits_i32(k: torch.Tensor, n: int) -> torch.Tensor:
+    """The 32-bit draws of ``bits32`` as int32 bit patterns, shape k.shape + (n,)."""
+    ctr, ctr_g = _counters(n)
+    x = torch.bitwise_xor(_as_i32(k.to(torch.int64)).unsqueeze(-1), ctr_g)
+    tmp = torch.empty_like(x)
+    _mix32_(x, tmp).add_(ctr)
+    return _mix32_(x, tmp)
+
+
 def bits32(k: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Uniform 32-bit integers of shape ``k.shape + shape`` (one independent stream per key)."""
+    """Uniform 32-bit integers (int64 in [0, 2^32)) of shape ``k.shape + shape``, one independent
+    stream per key: mix(mix(k ^ c * golden) + c) for the counter c. Computed in place on int32."""
     n = 1
     for s in shape:
         n *= s
-    ctr = torch.arange(n, dtype=torch.int64).reshape(shape)
-    k = k.reshape(k.shape + (1,) * len(shape))
-    return _mix(_mix(k ^ (ctr * _GOLDEN & _M32)) + ctr)
+    return (_bits_i32(torch.as_tensor(k), n).to(torch.int64) & _M32).reshape(torch.as_tensor(k).shape + shape)
 
 
 def uniform(k: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
     """Uniform(0, 1) samples, strictly inside the interval."""
-    return ((bits32(k, shape).to(torch.float64) + 0.5) / 2.0**32).to(dtype)
+    n = 1
+    for s in shape:
+        n *= s
+    k = torch.as_tensor(k)
+    signed = _bits_i32(k, n).bitwise_xor_(-0x80000000).to(torch.float64)  # = unsigned - 2^31
+    return signed.add_(2.0**31 + 0.5).mul_(2.0**-32).to(dtype).reshape(k.shape + shape)
 
 
 def normal(k: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
@@ -75,6 +117,6 @@ def randint(k: torch.Tensor, high: int | torch.Tensor, shape: tuple[int, ...]) -
 
 def subset(k: torch.Tensor, d: int, size: int) -> torch.Tensor:
     """A uniformly random ``size``-subset of range(d) per key, as sorted int64 indices."""
-    scores = bits32(k, (d,))
+    scores = _bits_i32(torch.as_tensor(k), d).bitwise_xor_(-0x80000000)  # unsigned order as signed int32
     idx = torch.topk(scores, size, dim=-1, largest=False, sorted=False).indices
     return torch.sort(idx, dim=-1).values
