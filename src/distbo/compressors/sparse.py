@@ -54,20 +54,31 @@ class RandK(Compressor):
 
     def __init__(self, k: str):
         self.k_arg = k
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (seeds, their indices)
 
     def k(self, d: int) -> int:
         return resolve_k(self.k_arg, d)
 
+    def _indices(self, seeds: torch.Tensor, d: int, k: int) -> torch.Tensor:
+        """rng.subset of the seeds; the decoder of the very payload just encoded in this process
+        (the simulator) reuses the encoder's indices instead of drawing them again."""
+        last = self._last
+        if last is not None and last[0] is seeds and last[1].shape[-1] == k:
+            return last[1]
+        idx = rng.subset(seeds, d, k)
+        self._last = (seeds, idx)
+        return idx
+
     def encode(self, u, keys):
         d = u.shape[-1]
         seeds = keys.to(torch.int64) & 0xFFFFFFFF
-        idx = rng.subset(seeds, d, self.k(d))
+        idx = self._indices(seeds, d, self.k(d))
         return {"values": (torch.gather(u, -1, idx), float_bits(u)), "seed": (seeds, SEED_BITS)}
 
     def decode(self, fields, d):
         values, seeds = fields["values"][0], fields["seed"][0]
         k = values.shape[-1]
-        idx = rng.subset(seeds, d, k)
+        idx = self._indices(seeds, d, k)
         out = values.new_zeros(values.shape[:-1] + (d,))
         return out.scatter_(-1, idx, values * (d / k))
 
