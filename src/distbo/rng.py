@@ -73,13 +73,26 @@ def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     return x
 
 
+_CHUNK = 1 << 18  # elements per in-place block: its working set stays in cache
+
+
 def _bits_i32(k: torch.Tensor, n: int) -> torch.Tensor:
-    """The 32-bit draws of ``bits32`` as int32 bit patterns, shape k.shape + (n,)."""
+    """The 32-bit draws of ``bits32`` as int32 bit patterns, shape k.shape + (n,).
+
+    Computed in column blocks of about ``_CHUNK`` elements: eleven in-place passes over a block
+    that fits in cache are several times faster than over one [rows, n] array in memory."""
     ctr, ctr_g = _counters(n)
-    x = torch.bitwise_xor(_as_i32(k.to(torch.int64)).unsqueeze(-1), ctr_g)
-    tmp = torch.empty_like(x)
-    _mix32_(x, tmp).add_(ctr)
-    return _mix32_(x, tmp)
+    k32 = _as_i32(k.to(torch.int64)).reshape(-1, 1)
+    out = torch.empty(k32.shape[0], n, dtype=torch.int32)
+    width = max(1, _CHUNK // max(1, k32.shape[0]))
+    tmp = torch.empty(k32.shape[0], min(width, n), dtype=torch.int32)
+    for a in range(0, n, width):
+        b = min(n, a + width)
+        x, t = out[:, a:b], tmp[:, : b - a]
+        torch.bitwise_xor(k32, ctr_g[a:b], out=x)
+        _mix32_(x, t).add_(ctr[a:b])
+        _mix32_(x, t)
+    return out.reshape(k.shape + (n,))
 
 
 def bits32(k: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
