@@ -42,16 +42,20 @@ class DenseNet:
         return range(0, self.split) if part == "x" else range(self.split, self.n_layers)
 
     def unflatten(self, x: Tensor | None, y: Tensor, sizes: tuple[int, ...] | None = None):
-        """[(W_l [out, in], b_l [out]) for every layer] as views of x and y."""
+        """[(W_l [out, in], b_l [out]) for every layer] as views of x and y.
+
+        One ``split`` per vector rather than a slice per tensor: the backward of a split is one
+        concatenation, where slices would each write their gradient into a zero-filled full-size
+        buffer and then add them up (per worker under vmap, that dominated the round)."""
         s = sizes or self.sizes
         out = []
         for part, flat in (("x", x), ("y", y)):
-            off = 0
-            for l in self._layers(part):
-                w = flat[off: off + s[l + 1] * s[l]].reshape(s[l + 1], s[l])
-                off += s[l + 1] * s[l]
-                out.append((w, flat[off: off + s[l + 1]]))
-                off += s[l + 1]
+            layers = self._layers(part)
+            if not layers:
+                continue
+            pieces = flat.split([n for l in layers for n in (s[l + 1] * s[l], s[l + 1])])
+            for j, l in enumerate(layers):
+                out.append((pieces[2 * j].reshape(s[l + 1], s[l]), pieces[2 * j + 1]))
         return out
 
     def forward(self, x: Tensor | None, y: Tensor, inputs: Tensor, sizes: tuple[int, ...] | None = None) -> Tensor:
