@@ -148,3 +148,19 @@ def test_every_compressor_is_registered_with_a_summary():
     names = set(COMPRESSORS.names())
     assert {"identity", "randk", "topk", "qsgd", "sign"} <= names
     assert all(e.summary and "\n" not in e.summary for e in COMPRESSORS.entries())
+
+
+@pytest.mark.parametrize("spec", ["identity", "randk:0.2", "topk:5", "qsgd:3", "sign"])
+def test_sparse_reductions_equal_the_dense_decode(spec):
+    """decode_sum (the server's sum) and add_to (error-feedback shifts) skip densifying each row;
+    they must equal the dense decode, plain, in contractive form and as multi-step."""
+    from distbo.compressors.multistep import contractive, multi_step
+
+    gen = torch.Generator().manual_seed(0)
+    u, base = torch.randn(7, 50, generator=gen, dtype=torch.float64), torch.randn(7, 50, generator=gen, dtype=torch.float64)
+    keys = rng.key(3, torch.arange(7))
+    for c in (make_compressor(spec), contractive(make_compressor(spec)), multi_step(make_compressor(spec), 3)):
+        p = c.compress(u, keys)
+        dec = c.decode(p.fields, 50)
+        torch.testing.assert_close(c.decode_sum(p.fields, 50), dec.sum(0))
+        torch.testing.assert_close(c.add_to(base, p.fields, 50, 0.3), base + 0.3 * dec)

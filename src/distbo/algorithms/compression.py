@@ -90,7 +90,7 @@ class ErrorFeedbackUplink:
         mean_c = comm.exchange(payloads)
         rho = {k: self.shift_step(D[k].shape[-1]) for k in D}
         est = {k: s.server[k] + mean_c[k] for k in D}
-        return Shifts({k: s.worker[k] + rho[k] * payloads[k].decoded() for k in D},
+        return Shifts({k: self.c.add_to(s.worker[k], payloads[k].fields, D[k].shape[-1], rho[k]) for k in D},
                       {k: s.server[k] + rho[k] * mean_c[k] for k in D}), est
 
 

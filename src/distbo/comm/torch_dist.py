@@ -11,7 +11,7 @@ simulator only counts, in as few collectives as possible:
   go as one byte buffer through ONE all_gather. Ranks may host different numbers of senders
   (client sampling; gloo rejects unequal sizes), so one small all_gather of the sizes comes first
   (it also carries the senders and the bits); buffers are padded to the largest and trimmed after.
-  Every rank then decodes all rows, in global worker order, with ``payload.compressor.decode`` and
+  Every rank then decodes all rows, in global worker order, with ``payload.compressor.decode_sum`` and
   sums them: the same rows in the same order as the simulator, hence the same result.
 Bits and senders are summed over ranks exactly, so the counters equal the simulator's. The bytes
 handed to collectives are counted separately in ``wire`` (benchmarks compare them with the bits).
@@ -295,5 +295,5 @@ class TorchDistComm(Communicator):
         for k, m in packed.items():
             full = {name: (torch.cat(p).to(m.fields[name][0].device), m.fields[name][1])
                     for name, p in parts[k].items()}
-            sums[k] = m.compressor.decode(full, m.d).sum(0)
+            sums[k] = m.compressor.decode_sum(full, m.d)
         return sums

@@ -38,6 +38,15 @@ class Compressor(ABC):
     def decode(self, fields: Fields, d: int) -> Tensor:
         """Fields of n senders -> their decoded vectors [n, d]."""
 
+    def decode_sum(self, fields: Fields, d: int) -> Tensor:
+        """Sum over the senders of their decoded vectors, [d] (the server's reduction; the
+        simulator and torch.distributed both call this on the rows in worker order)."""
+        return self.decode(fields, d).sum(0)
+
+    def add_to(self, base: Tensor, fields: Fields, d: int, alpha: float = 1.0) -> Tensor:
+        """base + alpha * decode(fields), row by row, as a new tensor (error-feedback shifts)."""
+        return torch.add(base, self.decode(fields, d), alpha=alpha)
+
     def omega(self, d: int) -> float:
         """Variance bound of an unbiased compressor."""
         raise NotImplementedError(f"{self.spec} is not unbiased")
@@ -74,7 +83,7 @@ class Payload(Message):
         return self._decoded
 
     def local_sum(self) -> Tensor:
-        return self.decoded().sum(0)
+        return self.compressor.decode_sum(self.fields, self.d)
 
 
 class Identity(Compressor):

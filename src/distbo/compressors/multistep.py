@@ -36,6 +36,12 @@ class Scaled(Compressor):
     def decode(self, fields, d):
         return self.inner.decode(fields, d) * self.factor(d)
 
+    def decode_sum(self, fields, d):
+        return self.inner.decode_sum(fields, d) * self.factor(d)
+
+    def add_to(self, base, fields, d, alpha=1.0):
+        return self.inner.add_to(base, fields, d, alpha * self.factor(d))
+
     def delta(self, d):
         return self.factor(d)
 
@@ -64,12 +70,25 @@ class MultiStep(Compressor):
             fields.update({f"r{r}/{name}": f for name, f in part.items()})
         return fields
 
-    def decode(self, fields: Fields, d: int) -> torch.Tensor:
+    @staticmethod
+    def parts(fields: Fields) -> list[Fields]:
+        """The R steps' fields, in order."""
         parts: dict[int, Fields] = {}
         for name, f in fields.items():
             r, _, sub = name.partition("/")
             parts.setdefault(int(r[1:]), {})[sub] = f
-        return sum(self.step_c.decode(parts[r], d) for r in sorted(parts))
+        return [parts[r] for r in sorted(parts)]
+
+    def decode(self, fields: Fields, d: int) -> torch.Tensor:
+        return sum(self.step_c.decode(p, d) for p in self.parts(fields))
+
+    def decode_sum(self, fields: Fields, d: int) -> torch.Tensor:
+        return sum(self.step_c.decode_sum(p, d) for p in self.parts(fields))
+
+    def add_to(self, base, fields, d, alpha=1.0):
+        for p in self.parts(fields):
+            base = self.step_c.add_to(base, p, d, alpha)
+        return base
 
     def delta(self, d):
         return 1.0 - (1.0 - self.step_c.delta(d)) ** self.steps

@@ -42,6 +42,11 @@ def check_size(name: str, arg: str | None) -> str:
     return arg
 
 
+def sparse_sum(idx: torch.Tensor, values: torch.Tensor, d: int) -> torch.Tensor:
+    """Sum over rows of sparse vectors (row r has values[r] at idx[r]) without densifying each row."""
+    return values.new_zeros(d).index_add_(0, idx.reshape(-1), values.reshape(-1))
+
+
 def index_bits(d: int) -> int:
     """Bits of one coordinate index in [0, d)."""
     return max(0, math.ceil(math.log2(d)))
@@ -75,12 +80,22 @@ class RandK(Compressor):
         idx = self._indices(seeds, d, self.k(d))
         return {"values": (torch.gather(u, -1, idx), float_bits(u)), "seed": (seeds, SEED_BITS)}
 
-    def decode(self, fields, d):
+    def _sparse(self, fields, d) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, scaled values) of every row."""
         values, seeds = fields["values"][0], fields["seed"][0]
         k = values.shape[-1]
-        idx = self._indices(seeds, d, k)
-        out = values.new_zeros(values.shape[:-1] + (d,))
-        return out.scatter_(-1, idx, values * (d / k))
+        return self._indices(seeds, d, k), values * (d / k)
+
+    def decode(self, fields, d):
+        idx, values = self._sparse(fields, d)
+        return values.new_zeros(values.shape[:-1] + (d,)).scatter_(-1, idx, values)
+
+    def decode_sum(self, fields, d):
+        return sparse_sum(*self._sparse(fields, d), d)
+
+    def add_to(self, base, fields, d, alpha=1.0):
+        idx, values = self._sparse(fields, d)
+        return base.clone().scatter_add_(-1, idx, values * alpha)
 
     def omega(self, d):
         return d / self.k(d) - 1.0
@@ -105,6 +120,12 @@ class TopK(Compressor):
     def decode(self, fields, d):
         values, idx = fields["values"][0], fields["indices"][0]
         return values.new_zeros(values.shape[:-1] + (d,)).scatter_(-1, idx, values)
+
+    def decode_sum(self, fields, d):
+        return sparse_sum(fields["indices"][0], fields["values"][0], d)
+
+    def add_to(self, base, fields, d, alpha=1.0):
+        return base.clone().scatter_add_(-1, fields["indices"][0], fields["values"][0] * alpha)
 
     def delta(self, d):
         return self.k(d) / d
