@@ -1,6 +1,6 @@
 """Communication rounds and bits to a target: AggITD vs FedNest, LFedNest and SOBA.
 
-    python benchmarks/federated.py                    # both parts (about 2 hours on a busy 2-core box)
+    python benchmarks/federated.py                    # both parts (1-2 hours on a busy 2-core box)
     python benchmarks/federated.py --part quadratic   # heterogeneity sweep only
     python benchmarks/federated.py --part hyperrep    # hyper-representation only (if registered)
 
@@ -13,9 +13,9 @@ quadratic: task.heterogeneity in {0, 0.5, 1, 2}, 8 workers, d_x = 10, d_y = 20, 
   eta) are 0.05 ~ 1/max_i L_i at h = 2; alpha = 0.1 < 1/L of Phi for all h. The unrolled / Neumann
   "length" is 5 for every hypergradient method (AggITD N tau beta = 5, FedNest eta N = 5,
   LFedNest eta N = 5), so the truncation bias is the same at h = 0. One extra row breaks the rule
-  on purpose: AggITD with beta = 0.01 (tau = 25 for the same length), to show the client-drift
-  bias shrinking with beta at the same rounds per iteration and 5x the local work. EF-SOBA runs
-  with theta = 1 (no moving average).
+  on purpose: AggITD with beta = 0.01 (tau = 25 for the same length and the same beta tau per
+  round), to see whether a smaller local step alone lowers the client-drift floor (it does not:
+  the floor follows beta tau). EF-SOBA runs with theta = 1 (no moving average).
 hyperrep: hyper-representation (MLP 784-64-10, hidden layer = x, head = y) on mnist5k split over
   10 clients by shards:2 (two labels per client); cost until the test accuracy first reaches each
   target. Task defaults for SOBA; local / Neumann steps 0.1 for the federated methods.
