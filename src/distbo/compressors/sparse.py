@@ -59,7 +59,7 @@ class RandK(Compressor):
 
     def __init__(self, k: str):
         self.k_arg = k
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (seeds, their indices)
+        self._recent: list[tuple[torch.Tensor, torch.Tensor]] = []  # (seeds, their indices), newest last
 
     def k(self, d: int) -> int:
         return resolve_k(self.k_arg, d)
@@ -67,11 +67,11 @@ class RandK(Compressor):
     def _indices(self, seeds: torch.Tensor, d: int, k: int) -> torch.Tensor:
         """rng.subset of the seeds; the decoder of the very payload just encoded in this process
         (the simulator) reuses the encoder's indices instead of drawing them again."""
-        last = self._last
-        if last is not None and last[0] is seeds and last[1].shape[-1] == k:
-            return last[1]
+        for known, idx in self._recent:
+            if known is seeds and idx.shape[-1] == k:
+                return idx
         idx = rng.subset(seeds, d, k)
-        self._last = (seeds, idx)
+        self._recent = [*self._recent[-7:], (seeds, idx)]  # one round's variables and MSC steps
         return idx
 
     def encode(self, u, keys):
