@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/distbo run configs/demo.toml --out runs/demo
+	$(BIN)/distbo reproduce demo --out runs/demo
 
 test: install
 	$(BIN)/python -m pytest
