@@ -8,7 +8,7 @@ For each task x workers x algorithm this times ``algorithm.step`` twice on the s
           public federated bilevel codebases do (one client after another).
 It prints worker-iterations per second (outer iterations x workers / time), the ratio, the share
 of a distbo round spent in oracles / compression / communication / bookkeeping (exclusive
-timers around the library's own functions) and the peak memory of the distbo run.
+timers around the library's own functions).
 
     python benchmarks/speed.py              # full table (about 10 minutes on 2 cores)
     python benchmarks/speed.py --quick      # 10 workers only
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import resource
 import sys
 import time
 from collections import defaultdict
@@ -30,6 +29,7 @@ from distbo.comm.base import Communicator
 from distbo.compressors.base import Compressor, Payload
 from distbo.runner import build, resolve
 
+WARMUP = 2
 ORACLE_FUNS = ("grad_xy", "grad_y", "grad_y_hvp", "hvp", "fd_grad_y_hvp", "loss_values")
 CASES = {  # algorithm -> (overrides, label)
     "soba": ([], "soba"),
@@ -135,18 +135,15 @@ def make(task: str, workers: int, algorithm: str):
 
 def time_steps(alg, steps: int, timers: Timers | None = None) -> float:
     state = alg.init()
-    state = alg.step(state, 0)  # warm-up
+    for t in range(WARMUP):  # first calls trace vmap / load kernels
+        state = alg.step(state, t)
     ctx = timed_library(timers) if timers else contextlib.nullcontext()
     with ctx:
         start = time.perf_counter()
-        for t in range(1, steps + 1):
+        for t in range(WARMUP, WARMUP + steps):
             with (timers.section("bookkeeping") if timers else contextlib.nullcontext()):
                 state = alg.step(state, t)
         return (time.perf_counter() - start) / steps
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -159,7 +156,7 @@ def main() -> None:
     torch.set_num_threads(2)
     workers = [int(w) for w in (a.workers or ("10" if a.quick else "10,100")).split(",")]
     head = ("task", "workers", "algorithm", "distbo it/s", "loop it/s", "ratio",
-            "oracles", "compress", "comm", "bookkeep", "ms/round", "peak MB")
+            "oracles", "compress", "comm", "bookkeep", "ms/round")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for task in a.tasks.split(","):
@@ -167,19 +164,16 @@ def main() -> None:
             for name in a.algorithms.split(","):
                 steps = 3 if (task == "hyperrep" and n >= 100) else 10
                 alg = make(task, n, name)
-                base = rss_mb()
                 timers = Timers()
                 fast = time_steps(alg, steps, timers)
-                peak = rss_mb() - base
                 with loop_mode():
                     slow = time_steps(make(task, n, name), max(2, steps // 3))
                 tot = sum(timers.total.values())
                 share = {k: 100 * timers.total[k] / tot for k in ("oracles", "compression", "communication", "bookkeeping")}
                 row = (task, n, CASES[name][1], f"{n / fast:,.0f}", f"{n / slow:,.0f}", f"{slow / fast:.1f}x",
-                       *(f"{share[k]:.0f}%" for k in share), f"{1000 * fast:.1f}", f"{peak:.0f}")
+                       *(f"{share[k]:.0f}%" for k in share), f"{1000 * fast:.1f}")
                 print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; 'peak MB' = growth of the "
-          "process's peak RSS during the distbo run (0 when an earlier case already reached it)", file=sys.stderr)
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
 
 
 if __name__ == "__main__":
