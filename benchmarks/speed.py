@@ -12,11 +12,13 @@ timers around the library's own functions).
 
     python benchmarks/speed.py              # full table (about 10 minutes on 2 cores)
     python benchmarks/speed.py --quick      # 10 workers only
+    python benchmarks/speed.py --memory     # peak memory growth of 3 rounds, a fresh process per case
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -146,15 +148,38 @@ def time_steps(alg, steps: int, timers: Timers | None = None) -> float:
         return (time.perf_counter() - start) / steps
 
 
+def peak_memory(task: str, n: int, name: str) -> float:
+    """MB the process's peak RSS grows by while 3 distbo rounds run (a fresh process per case)."""
+    code = ("import resource, sys; sys.path.insert(0, 'benchmarks'); import torch; from speed import make;"
+            f"alg = make({task!r}, {n}, {name!r}); s = alg.init();"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            "[s := alg.step(s, t) for t in range(3)];"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_table(tasks: list[str], workers: list[int], algorithms: list[str]) -> None:
+    print("| task | algorithm | " + " | ".join(f"peak MB, {n} workers" for n in workers) + " |")
+    print("|---|---|" + "---:|" * len(workers))
+    for task in tasks:
+        for name in algorithms:
+            cells = [f"{peak_memory(task, n, name):.0f}" for n in workers]
+            print(f"| {task} | {CASES[name][1]} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="peak memory per case instead (a process each)")
     ap.add_argument("--tasks", default="quadratic,hyperrep")
     ap.add_argument("--algorithms", default=",".join(CASES))
     ap.add_argument("--workers", default=None)
     a = ap.parse_args()
     torch.set_num_threads(2)
     workers = [int(w) for w in (a.workers or ("10" if a.quick else "10,100")).split(",")]
+    if a.memory:
+        return memory_table(a.tasks.split(","), workers, a.algorithms.split(","))
     head = ("task", "workers", "algorithm", "distbo it/s", "loop it/s", "ratio",
             "oracles", "compress", "comm", "bookkeep", "ms/round")
     print("| " + " | ".join(head) + " |")
