@@ -39,15 +39,19 @@ def command(name: str, help: str, args: ArgsFn = lambda p: None):
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a TOML configuration file")
     p.add_argument("--task", help="task name (see 'distbo list')")
-    p.add_argument("--algorithm", help="algorithm name (see 'distbo list')")
+    p.add_argument("--algorithm", help="algorithm name (see 'distbo list'; 'distbo list NAME' shows its "
+                   "hyper-parameters, defaults and ranges)")
     p.add_argument("--compressor", help="compressor spec, e.g. topk:0.1")
     p.add_argument("--workers", type=int, help="number of workers")
     p.add_argument("--rounds", type=int, help="outer iterations")
     p.add_argument("--eval-every", type=int, dest="eval_every", help="evaluate every K rounds")
     p.add_argument("--seed", type=int)
     p.add_argument("--procs", type=int, help="processes on this machine (torch.distributed)")
+    p.add_argument("--until", metavar="FIELD<=VALUE", help="stop at the first evaluation that meets this "
+                   "target (or FIELD>=VALUE), e.g. hypergrad_norm<=1e-3")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
-                   help="override a config field by dotted key (repeatable)")
+                   help="override a config field by dotted key (repeatable); every key, with its "
+                   "default and range: 'distbo list ALGORITHM|TASK', 'distbo list --markdown'")
     p.add_argument("--out", help="output folder (default: runs/<task>-<algorithm>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -64,7 +68,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         return _resume(a)
     raw: dict[str, Any] = load_toml(a.config) if a.config else {}
     raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs)
+                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until)
     for item in a.sets:
         apply_set(raw, item)
     res, problem = resolve(raw)
@@ -84,6 +88,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         return 0
     if not a.quiet:
         print_rows(result.metrics)
+    if "target" in result.extra:
+        print(describe_target(result.extra["target"]))
     print(f"wrote {out}")
     return 0
 
@@ -94,7 +100,7 @@ def _resume(a: argparse.Namespace) -> int:
     from .runner import resume
 
     flags = ("config", "task", "algorithm", "compressor", "workers", "rounds", "eval_every", "seed",
-             "procs", "sets", "out")
+             "procs", "until", "sets", "out")
     given = [("CONFIG" if k == "config" else f"--{k.rstrip('s') if k == 'sets' else k.replace('_', '-')}")
              for k in flags if getattr(a, k) not in (None, [])]
     if given:
@@ -104,6 +110,12 @@ def _resume(a: argparse.Namespace) -> int:
         print_rows(result.metrics)
     print(f"resumed {a.resume} from round {result.extra['resumed_from']}")
     return 0
+
+
+def describe_target(info: dict[str, Any]) -> str:
+    if not info["reached"]:
+        return f"target {info['until']} not reached"
+    return f"target {info['until']} reached at round {info['round']} ({info['bits_up']} bits up)"
 
 
 def print_rows(rows: list[dict[str, Any]], limit: int = 6) -> None:
