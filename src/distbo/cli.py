@@ -136,9 +136,21 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-@command("list", "list tasks, algorithms and compressors")
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", metavar="NAME", help="a task, algorithm or compressor: every parameter "
+                   "with its type, default, range and description")
+    p.add_argument("--markdown", action="store_true", help="print the whole configuration reference as Markdown "
+                   "(docs/reference.md)")
+
+
+@command("list", "list tasks, algorithms and compressors, or the parameters of one", _list_args)
 def cmd_list(a: argparse.Namespace) -> int:
+    from . import reference
     from .algorithms import ALGORITHMS
+
+    if a.name or a.markdown:
+        print(reference.describe(a.name) if a.name else reference.markdown(), end="")
+        return 0
     from .compressors import COMPRESSORS
     from .problems import TASKS
 

@@ -39,22 +39,25 @@ class ClientsConfig(Params):
 
 
 class RunConfig(Params):
-    task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"})
-    algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"})
+    task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"},
+                                 description="the task: a name, or a [task] section with name and its parameters")
+    algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"}, description="the algorithm: a "
+                                      "name, or an [algorithm] section with name and its hyper-parameters")
     compressor: str = Field("identity", description="up-link compressor spec, e.g. topk:0.1")
     downlink: str = Field("identity", description="down-link compressor spec")
     workers: int = Field(8, gt=0, description="number of workers (clients)")
     rounds: int = Field(1000, ge=0, description="outer iterations")
     eval_every: int = Field(10, gt=0, description="evaluate every k rounds")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every k rounds (0: only at the end)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seed of the task's data and of every random draw of the run")
     procs: int = Field(1, gt=0, description="processes on this machine")
     timeout: float = Field(30.0, gt=0, description="seconds a multi-process run waits for a silent process "
                            "before it fails")
     threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1 for models "
                                 "under 100k parameters, else the cores per process)")
-    dtype: Literal["float32", "float64"] = "float32"
-    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the run")
+    clients: ClientsConfig = Field(default_factory=ClientsConfig, description="client settings of the federated "
+                                   "and pruning methods ([clients] section)")
     until: str | None = Field(None, description="stop at the first evaluation that meets FIELD<=VALUE or "
                               "FIELD>=VALUE, e.g. hypergrad_norm<=1e-3 (unset: run every round)")
     diverge_factor: float | None = Field(1e4, ge=0, description="stop as diverged when ||x||, ||y||, "
