@@ -8,6 +8,7 @@ from . import problems as tasks
 from .errors import ConfigError, DistboError, DivergenceError
 from .problems.base import Problem
 from .runner import Result, run
+from .tuning import tune
 
-__all__ = ["ConfigError", "DistboError", "DivergenceError", "Problem", "Result", "run", "tasks"]
+__all__ = ["ConfigError", "DistboError", "DivergenceError", "Problem", "Result", "run", "tasks", "tune"]
 __version__ = "0.1.0"

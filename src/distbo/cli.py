@@ -60,17 +60,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 @command("run", "run one configuration", _run_args)
 def cmd_run(a: argparse.Namespace) -> int:
     from . import launch
-    from .config import apply_set, load_toml, merge
     from .errors import ConfigError
     from .runner import execute, resolve
 
     if a.resume:
         return _resume(a)
-    raw: dict[str, Any] = load_toml(a.config) if a.config else {}
-    raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until)
-    for item in a.sets:
-        apply_set(raw, item)
+    raw = raw_config(a)
     res, problem = resolve(raw)
     if a.out is None and launch.in_job():
         raise ConfigError("--out", "is required under torchrun (every process must use the same folder)")
@@ -92,6 +87,18 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(describe_target(result.extra["target"]))
     print(f"wrote {out}")
     return 0
+
+
+def raw_config(a: argparse.Namespace) -> dict[str, Any]:
+    """The raw configuration of the run flags: CONFIG, then the flags, then each --set."""
+    from .config import apply_set, load_toml, merge
+
+    raw: dict[str, Any] = load_toml(a.config) if a.config else {}
+    raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
+                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until)
+    for item in a.sets:
+        apply_set(raw, item)
+    return raw
 
 
 def _resume(a: argparse.Namespace) -> int:
@@ -165,7 +172,7 @@ def _load_extensions() -> None:
     """Subcommands defined in other modules register themselves on import."""
     import importlib
 
-    for mod in ("distbo.results",):
+    for mod in ("distbo.results", "distbo.tuning"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
