@@ -36,7 +36,8 @@ def command(name: str, help: str, args: ArgsFn = lambda p: None):
     return deco
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
+def _config_args(p: argparse.ArgumentParser) -> None:
+    """The flags that make a configuration (``distbo run`` and ``distbo tune``; see ``raw_config``)."""
     p.add_argument("config", nargs="?", help="a TOML configuration file")
     p.add_argument("--task", help="task name (see 'distbo list')")
     p.add_argument("--algorithm", help="algorithm name (see 'distbo list'; 'distbo list NAME' shows its "
@@ -52,6 +53,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="override a config field by dotted key (repeatable); every key, with its "
                    "default and range: 'distbo list ALGORITHM|TASK', 'distbo list --markdown'")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
     p.add_argument("--out", help="output folder (default: runs/<task>-<algorithm>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")

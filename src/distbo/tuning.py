@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cli import _run_args, command
+from .cli import _config_args, command
 from .config import DEFAULT_NAMES, RunConfig, apply_set, check_run
 from .errors import ConfigError, DivergenceError, unknown
 from .stopping import RunControl, parse_until
@@ -242,7 +242,9 @@ def to_toml(conf: dict[str, Any], comment: str = "") -> str:
 
 # ----- the command -----
 def _tune_args(p: argparse.ArgumentParser) -> None:
-    _run_args(p)
+    _config_args(p)
+    p.add_argument("--out", help="folder for best.toml, tune.csv, tune.md and trials/ (default: runs/tune-<time>)")
+    p.add_argument("--quiet", action="store_true", help="print only the table")
     p.add_argument("--metric", help="score field (default: hypergrad_norm if present, else upper_loss; "
                    "minimised, '*acc' maximised); with --until the score is the rounds to the target")
     p.add_argument("--budget", type=int, help="rounds of the last rung (default: the configuration's rounds)")
@@ -269,8 +271,6 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from . import tables
     from .cli import raw_config
 
-    if a.resume:
-        raise ConfigError("--resume", "is not a tune option")
     raw = raw_config(a)
     out = Path(a.out) if a.out else Path("runs") / f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
     result = _search(raw, None, out, a.metric, a.budget, _floats(a.scales, "--scales") or SCALES,
