@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cli import _config_args, command
-from .config import DEFAULT_NAMES, RunConfig, apply_set, check_run
+from .config import DEFAULT_NAMES, RunConfig, apply_set
 from .errors import ConfigError, DivergenceError, unknown
 from .stopping import RunControl, parse_until
 
@@ -82,14 +82,15 @@ def tune(task: Any = "quadratic", algorithm: str | dict = "soba", *, out: str | 
 
 
 def _search(raw, problem, out, metric, budget, scales, thetas, log) -> TuneResult:
-    probe = _run({**raw, "rounds": 1, "procs": 1, "until": None, "checkpoint_every": 0}, problem, None)
+    # the configuration as a run resolves it (derived defaults included), stopped at its round-0 evaluation
+    probe = _run({**raw, "procs": 1, "until": "round>=0", "checkpoint_every": 0}, problem, None)
     base, first = probe.config, probe.metrics[0]
     if raw.get("until") is not None:
         RunControl(raw["until"], 0, (probe.x, probe.y), _Solo()).after_eval(first, first)  # a known field?
     metric = metric or ("hypergrad_norm" if "hypergrad_norm" in first else "upper_loss")
     if metric not in first:
         raise unknown("--metric", metric, [k for k, v in first.items() if isinstance(v, (int, float))], "field")
-    rounds_wanted = check_run(raw).rounds  # the user's (the probe ran 1)
+    rounds_wanted = probe.config["rounds"]
     budget = budget if budget is not None else rounds_wanted
     if budget < 1:
         raise ConfigError("--budget", f"must be a number of rounds >= 1, got {budget}")
