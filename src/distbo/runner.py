@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .algorithms import ALGORITHMS, Clients, Context
+from .algorithms.base import check_clients
 from .comm.base import CommStats, Communicator
 from .compressors import make_compressor
 from .config import DTYPES, Resolved, RunConfig, check_run
@@ -80,6 +81,7 @@ def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
                   clients=Clients(**run.clients.model_dump()),
                   downlink=None if down.kind == "exact" else down, rounds=run.rounds)
     algorithm = ALGORITHMS.get(run.algorithm["name"]).build(ctx, res.algorithm)
+    check_clients(ctx.clients, algorithm.client_settings, run.algorithm["name"])
     return algorithm, comm
 
 

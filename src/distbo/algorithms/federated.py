@@ -129,6 +129,8 @@ class FedRound:
 class FederatedAlgorithm(Algorithm):
     """Base of the federated methods: per-outer-iteration sessions and client oracles."""
 
+    client_settings = ("fraction",)
+
     def __init__(self, ctx: Context, hp):
         if ctx.downlink is not None:
             raise ConfigError("downlink", f"the federated methods broadcast uncompressed and would ignore "
