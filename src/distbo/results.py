@@ -123,5 +123,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         if not a.list:
             raise ConfigError("NAME", "give a suite name (listed above)")
         return 0
+    if a.out is not None:
+        from .folders import check_out
+
+        check_out(a.out)  # before the suite's imports and runs
     suites.reproduce(a.name, a.out, progress=not a.quiet)
     return 0

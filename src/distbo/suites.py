@@ -138,9 +138,9 @@ def reproduce(name: str, out: str | Path | None = None, progress: bool = True, l
     from .launch import in_job, run_procs
     from .runner import execute
 
+    out = check_out(Path(out) if out is not None else Path("runs") / name)
     suite, root = find(name)
     runs = prepare(suite, root)
-    out = check_out(Path(out) if out is not None else Path("runs") / name)
     for i, (r, raw, res, problem) in enumerate(runs, 1):
         folder = out / slug(r.label)
         state, note = _state(folder, res), ""
