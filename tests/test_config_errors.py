@@ -102,7 +102,9 @@ def test_bad_resume_is_one_line(capsys, argv, needles):
 
 def test_resume_refuses_other_flags(capsys, tmp_path):
     _one_line(capsys, ["run", "--resume", str(tmp_path), "--rounds", "5", "--set", "seed=1"],
-              ["--resume", "drop --rounds, --set"])
+              ["--resume", "cannot change seed", "only rounds, eval_every, until, timeout, threads"])
+    _one_line(capsys, ["run", "--resume", str(tmp_path), "--workers", "5", "--overwrite"],
+              ["--resume", "drop --workers, --overwrite"])
 
 
 @pytest.mark.parametrize("algorithm,setting", [("soba", "clients.fraction=0.5"), ("ef-soba", "clients.resources=[0.5]"),

@@ -12,13 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, field_validator
 
+from . import safeio
 from .errors import ConfigError
 from .registry import Params, validate
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+def __getattr__(name: str) -> Any:
+    """``DTYPES`` (name -> torch dtype) is made on first use: checking a configuration needs no torch."""
+    if name == "DTYPES":
+        import torch
+
+        return {"float32": torch.float32, "float64": torch.float64}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 DEFAULT_NAMES = {"task": "quadratic", "algorithm": "soba"}
@@ -47,7 +54,7 @@ class RunConfig(Params):
     rounds: int = Field(1000, ge=0, description="outer iterations")
     eval_every: int = Field(10, gt=0, description="evaluate every k rounds")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every k rounds (0: only at the end)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (distbo.rng keys are 32-bit)")
     procs: int = Field(1, gt=0, description="processes on this machine")
     timeout: float = Field(30.0, gt=0, description="seconds a multi-process run waits for a silent process "
                            "before it fails")
@@ -73,7 +80,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError("config", f"file not found: {p}")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(safeio.read_text(p, "config"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{p} is not valid TOML: {exc}") from None
 

@@ -1,6 +1,8 @@
 """Reading run folders (config.json, metrics.jsonl, summary.json) for plots and tables.
 
-An interrupted or diverged run is read as far as it got: its metric rows are what it wrote.
+An interrupted or diverged run is read as far as it got: its metric rows are what it wrote (a
+last row cut short by a kill is left out). A config.json, summary.json or metrics row that is not
+valid JSON is a one-line error naming the file.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, unknown
+from .safeio import read_json, read_text
 
 #: short names accepted for metric fields (``--x rounds`` is the ``round`` field)
 ALIASES = {"rounds": "round", "bits": "bits_up", "time": "wall_s"}
@@ -50,17 +53,28 @@ def load(path: str | Path) -> RunDir:
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ConfigError("RUN_DIR", f"{p} is not a run folder (no config.json)")
-    rows = []
     metrics = p / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a last line cut short by a kill
-                break
+    rows = read_rows(metrics) if metrics.is_file() else []
     summ = p / "summary.json"
-    return RunDir(p, json.loads((p / "config.json").read_text()), rows,
-                  json.loads(summ.read_text()) if summ.is_file() else {})
+    return RunDir(p, read_json(p / "config.json", "RUN_DIR"), rows,
+                  read_json(summ, "RUN_DIR") if summ.is_file() else {})
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The metric rows of ``path``; a last line without its newline (cut short) is left out."""
+    text = read_text(path, "RUN_DIR")
+    lines = text.split("\n")
+    whole = lines[:-1]  # the part after the last newline is "" or a row cut short by a kill
+    rows = []
+    for i, line in enumerate(whole):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("RUN_DIR", f"{path} line {i + 1} is not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError("RUN_DIR", f"{path} line {i + 1} is not a JSON object")
+        rows.append(row)
+    return rows
 
 
 def load_all(paths: list[str | Path]) -> list[RunDir]:

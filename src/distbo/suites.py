@@ -6,7 +6,7 @@ and optional ``set`` overrides. Reproducing a suite checks every run's configura
 runs each into its own sub-folder of the output folder, and draws ``figure.png`` and writes
 ``table.md`` / ``table.csv`` there. A run whose folder already holds a finished (completed or
 diverged) run of the same configuration is reused; an interrupted one is resumed from its
-checkpoint. A run that diverges stays in the figure and table up to its last good round.
+checkpoint; a run of another configuration is replaced (the log line says so). A run that diverges stays in the figure and table up to its last good round.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from pydantic import Field
 
 from .config import apply_set, load_toml
 from .errors import ConfigError, unknown
+from .folders import check_out, holds_run, prepare_locked
+from .safeio import read_json
 from .registry import Params, validate
 
 SUITES = Path("configs") / "suites"
@@ -122,10 +124,10 @@ def _state(folder: Path, res: Any) -> str:
     conf, summ = folder / "config.json", folder / "summary.json"
     if not conf.is_file():
         return "new"
-    stored = {k: v for k, v in json.loads(conf.read_text()).items() if k != "task_info"}
+    stored = {k: v for k, v in read_json(conf, "--out").items() if k != "task_info"}
     if stored != json.loads(json.dumps(res.as_dict(), default=str)):
         return "new"
-    status = json.loads(summ.read_text()).get("status") if summ.is_file() else None
+    status = read_json(summ, "--out").get("status") if summ.is_file() else None
     return "done" if status in ("completed", "diverged") else "resume"
 
 
@@ -136,12 +138,15 @@ def reproduce(name: str, out: str | Path | None = None, progress: bool = True, l
     from .launch import in_job, run_procs
     from .runner import execute
 
+    out = check_out(Path(out) if out is not None else Path("runs") / name)
     suite, root = find(name)
     runs = prepare(suite, root)
-    out = Path(out) if out is not None else Path("runs") / name
     for i, (r, raw, res, problem) in enumerate(runs, 1):
         folder = out / slug(r.label)
         state, note = _state(folder, res), ""
+        if state == "new" and holds_run(folder):  # the suite's run changed: replace the old one
+            prepare_locked(folder, overwrite=True)
+            note = " (replaced a run of another configuration)"
         tic = time.perf_counter()
         try:
             if state != "done" and res.run.procs > 1 and not in_job():
@@ -150,7 +155,7 @@ def reproduce(name: str, out: str | Path | None = None, progress: bool = True, l
             elif state != "done":
                 execute(res, problem, folder, progress=progress, resume=state == "resume")
         except DivergenceError as exc:
-            note = f" ({exc})"
+            note = f"{note} ({exc})"
         log(f"[{i}/{len(runs)}] {r.label}: " + ("up to date" if state == "done" else
                                                 f"{'resumed' if state == 'resume' else 'ran'} in "
                                                 f"{time.perf_counter() - tic:.1f} s") + f" -> {folder}{note}")
