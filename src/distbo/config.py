@@ -62,6 +62,11 @@ class RunConfig(Params):
                                 "under 100k parameters, else the cores per process)")
     dtype: Literal["float32", "float64"] = "float32"
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    until: str | None = Field(None, description="stop at the first evaluation that meets FIELD<=VALUE or "
+                              "FIELD>=VALUE, e.g. hypergrad_norm<=1e-3 (unset: run every round)")
+    diverge_factor: float | None = Field(1e4, ge=0, description="stop as diverged when ||x||, ||y||, "
+                                         "upper_loss or hypergrad_norm grows past this factor times its start "
+                                         "(floors: sqrt(d) for norms, 1 for metrics); 0 or unset: off")
 
     @field_validator("task", "algorithm", mode="before")
     @classmethod
@@ -72,6 +77,15 @@ class RunConfig(Params):
             v = {"name": DEFAULT_NAMES[info.field_name], **v}
             if not isinstance(v["name"], str):
                 raise ValueError("'name' must be a string")
+        return v
+
+    @field_validator("until")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        from .stopping import parse_until
+
+        if v is not None:
+            parse_until(v)
         return v
 
 

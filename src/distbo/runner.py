@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, folders, memory, safeio
+from . import checkpoint, folders, memory, safeio, stopping
 from .algorithms import ALGORITHMS, Clients, Context
 from .algorithms.base import check_clients
 from .comm.base import CommStats, Communicator
@@ -172,6 +172,7 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
           progress: bool, resume: bool) -> Result:
     run: RunConfig = res.run
     state = algorithm.init()
+    control = stopping.RunControl(run.until, run.diverge_factor, algorithm.point(state), comm)
     rows: list[dict[str, Any]] = []
     train_s, start = 0.0, 0
     config = {**res.as_dict(), "task_info": problem.describe()}
@@ -200,21 +201,24 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
     bar = tqdm(total=run.rounds, initial=start, disable=not show, leave=False,
                desc=f"{run.algorithm['name']}", unit="round")
     try:
-        if ck is None:
-            evaluate(0)
-        for t in range(start, run.rounds):
+        reached = control.after_eval(evaluate(0), rows[0]) if ck is None else False
+        for t in range(start, start if reached else run.rounds):
             tic = time.perf_counter()
             state = algorithm.step(state, t)
             train_s += time.perf_counter() - tic
             check_finite(state, t + 1, comm)  # before any output: a diverged state is never saved
+            control.after_step(algorithm.point(state), t + 1)  # grown far past the start: diverged
             if (t + 1) % run.eval_every == 0 or t + 1 == run.rounds:
                 row = evaluate(t + 1)
+                reached = control.after_eval(row, rows[0])  # True: the target `until` is met
                 bar.set_postfix(upper_loss=f"{row['upper_loss']:.4g}", refresh=False)
-            if out is not None and checkpoint.due(t + 1, run.checkpoint_every, run.rounds):
+            if out is not None and (reached or checkpoint.due(t + 1, run.checkpoint_every, run.rounds)):
                 checkpoint.save(out, comm.rank, checkpoint.Checkpoint(
                     t + 1, state, comm.stats.as_dict(), train_s, len(rows), config), comm.world_size)
                 saved = t + 1
             bar.update(1)
+            if reached:
+                break
     except DivergenceError as exc:
         status = "diverged"
         raise DivergenceError(f"{exc}; {_kept(out, saved)}") from None
@@ -236,7 +240,10 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
             if status == "completed":
                 raise  # else the error that stopped the run is the one to report
     x, y = algorithm.point(state)
-    return Result(rows, x, y, state, config, files.dir, status, {"resumed_from": start} if resume else {})
+    extra = {"resumed_from": start} if resume else {}
+    if run.until is not None:
+        extra["target"] = stopping.target_info(run.until, rows)
+    return Result(rows, x, y, state, config, files.dir, status, extra)
 
 
 def _kept(out: Path | None, saved: int | None) -> str:
@@ -270,9 +277,12 @@ def summary(rows: list[dict[str, Any]], status: str, run: RunConfig) -> dict[str
         vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         if vals:
             best[key] = max(vals)
-    return {"status": status, "final": final, "best": best,
-            "totals": {k: final.get(k) for k in ("round", "bits_up", "bits_down", "comm_rounds", "wall_s")},
-            "rounds_planned": run.rounds}
+    out = {"status": status, "final": final, "best": best,
+           "totals": {k: final.get(k) for k in ("round", "bits_up", "bits_down", "comm_rounds", "wall_s")},
+           "rounds_planned": run.rounds}
+    if run.until is not None:  # the target: reached or not, at which round, with which bits
+        out["target"] = stopping.target_info(run.until, rows)
+    return out
 
 
 def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba", *,
