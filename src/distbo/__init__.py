@@ -7,7 +7,8 @@
 from . import problems as tasks
 from .errors import ConfigError, DistboError, DivergenceError
 from .problems.base import Problem
+from .problems.module import ModuleProblem
 from .runner import Result, run
 
-__all__ = ["ConfigError", "DistboError", "DivergenceError", "Problem", "Result", "run", "tasks"]
+__all__ = ["ConfigError", "DistboError", "DivergenceError", "ModuleProblem", "Problem", "Result", "run", "tasks"]
 __version__ = "0.1.0"
