@@ -96,7 +96,8 @@ def test_equals_hand_written_hyperrep(model):
 @pytest.mark.parametrize("algorithm,extra", [("soba", {}), ("ef-soba", {"compressor": "topk:0.2"}),
                                              ("aggitd", {})])
 def test_cnn_lowers_validation_loss(algorithm, extra):
-    hp = {"name": algorithm, "alpha": 0.1, "beta": 0.02} if algorithm == "aggitd" else {"name": algorithm, **STEPS}
+    hp = ({"name": algorithm, "alpha": 0.1, "beta": 0.02, "inner_rounds": 2, "local_steps": 2}
+          if algorithm == "aggitd" else {"name": algorithm, **STEPS})
     r = distbo.run(digits_problem(*tiny_cnn()), algorithm=hp, rounds=40, eval_every=40, **extra)
     assert r.metrics[-1]["upper_loss"] < 0.8 * r.metrics[0]["upper_loss"]
     assert isinstance(r.metrics[-1]["test_acc"], float)

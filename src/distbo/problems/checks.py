@@ -59,7 +59,8 @@ def check_problem(problem: Problem, run: Any) -> None:
                   if isinstance(t, torch.Tensor) and t.is_floating_point()]
     bad = next(((what, dt) for what, dt in found if dt != want), None)
     if bad is not None:
-        raise ConfigError("dtype", f"{type(problem).__name__} has dtype {_dtype_name(want)} but {bad[0]} are "
+        raise ConfigError("dtype", f"{type(problem).__name__} has dtype {_dtype_name(want)} but {bad[0]} "
+                          f"{'is' if bad[0] in ('x0', 'y0') else 'are'} "
                           f"{_dtype_name(bad[1])}; make them agree (set the Problem's dtype to "
                           f"{_dtype_name(bad[1])}, or convert the data to {_dtype_name(want)})")
 
