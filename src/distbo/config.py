@@ -61,12 +61,22 @@ class RunConfig(Params):
     threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1 for models "
                                 "under 100k parameters, else the cores per process)")
     dtype: Literal["float32", "float64"] = "float32"
+    device: str = Field("cpu", description="where to compute: cpu, cuda, cuda:N or auto (cuda if present)")
+    worker_chunk: int | None = Field(None, ge=1, description="evaluate the oracles this many workers at a "
+                                     "time (memory O(chunk d) instead of O(workers d)); unset: all at once")
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     until: str | None = Field(None, description="stop at the first evaluation that meets FIELD<=VALUE or "
                               "FIELD>=VALUE, e.g. hypergrad_norm<=1e-3 (unset: run every round)")
     diverge_factor: float | None = Field(1e4, ge=0, description="stop as diverged when ||x||, ||y||, "
                                          "upper_loss or hypergrad_norm grows past this factor times its start "
                                          "(floors: sqrt(d) for norms, 1 for metrics); 0 or unset: off")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"unknown device '{v}'; allowed: cpu, cuda, cuda:N, auto")
 
     @field_validator("task", "algorithm", mode="before")
     @classmethod

@@ -26,9 +26,11 @@ from .comm.base import CommStats, Communicator
 from .compressors import make_compressor
 from .compressors.base import check_sizes
 from .config import DTYPES, Resolved, RunConfig, check_run
+from .devices import default_device, resolve_device, to_device
 from .errors import DivergenceError
 from .launch import in_job, make_comm, run_procs
 from .problems import TASKS, Problem
+from .problems.checks import check_problem, metric_row, user_settings
 from .registry import validate
 
 CONTRACT_FIELDS = ("round", "bits_up", "bits_down", "comm_rounds", "wall_s", "upper_loss")
@@ -58,6 +60,7 @@ def task_defaults(problem: Problem, algorithm: str, fields: dict) -> dict[str, A
 def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolved, Problem]:
     """Check every field, then build the problem (a user Problem is taken as it is)."""
     run = check_run(raw)
+    resolve_device(run.device)  # CUDA asked for and absent: one line before any work
     alg_entry = ALGORITHMS.get(run.algorithm["name"], "algorithm.name")
     user_alg = {k: v for k, v in run.algorithm.items() if k != "name"}
     validate(alg_entry.params, user_alg, "algorithm")  # fail before any work
@@ -79,11 +82,12 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
 
 def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
     run = res.run
-    comm = comm or make_comm(run.workers, run.timeout)
+    comm = comm or make_comm(run.workers, run.timeout, resolve_device(run.device, in_job()))
     down = make_compressor(run.downlink, "downlink")
     ctx = Context(problem=problem, comm=comm, compressor=make_compressor(run.compressor), seed=run.seed,
                   clients=Clients(**run.clients.model_dump()),
-                  downlink=None if down.kind == "exact" else down, rounds=run.rounds)
+                  downlink=None if down.kind == "exact" else down, rounds=run.rounds,
+                  worker_chunk=run.worker_chunk)
     algorithm = ALGORITHMS.get(run.algorithm["name"]).build(ctx, res.algorithm)
     check_clients(ctx.clients, algorithm.client_settings, run.algorithm["name"])
     return algorithm, comm
@@ -142,12 +146,16 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
     A new run refuses a folder that holds a run, unless ``overwrite`` (folders.py)."""
     torch.manual_seed(res.run.seed)
     importlib.import_module("torch._dynamo")  # torch.func loads it on first use (seconds): not in wall_s
-    algorithm, comm = build(res, problem, comm)
+    device = resolve_device(res.run.device, in_job())
+    to_device(problem, device)
+    with default_device(device):
+        check_problem(problem, res.run)
+        algorithm, comm = build(res, problem, comm)
     out = Path(out) if out is not None else None
     before = torch.get_num_threads()
     torch.set_num_threads(threads_for(res.run, problem, before))
     try:
-        with checkpoint.claim(out, comm.rank):  # no second process writes this folder meanwhile
+        with checkpoint.claim(out, comm.rank), default_device(device):  # no second process writes this folder
             if out is not None and not resume:
                 folders.agree_fresh(out, overwrite, comm)
             return _loop(res, problem, algorithm, comm, out, progress, resume)
@@ -191,7 +199,7 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
     def evaluate(t: int) -> dict[str, Any]:
         x, y = algorithm.point(state)
         row = {"round": t, **comm.stats.as_dict(), "wall_s": round(train_s, 6),
-               **problem.evaluate(x, y), **algorithm.metrics(state)}
+               **metric_row(problem.evaluate(x, y)), **algorithm.metrics(state)}
         files.append_row(row)  # first: a row that could not be written is not in the summary either
         rows.append(row)
         return row
@@ -301,11 +309,10 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
     raw: dict[str, Any] = {"algorithm": algorithm, **top}
     if problem is None:
         raw["task"] = task
-    else:
-        raw["workers"] = problem.n_workers
-        raw["dtype"] = "float64" if problem.dtype == torch.float64 else "float32"
     for item in overrides or []:
         apply_set(raw, item)
+    if problem is not None:
+        user_settings(problem, raw)  # workers / dtype / task.* it would ignore: one-line errors
     user_problem = problem
     res, problem = resolve(raw, problem)
     out = Path(out) if out is not None else None

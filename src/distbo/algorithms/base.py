@@ -48,6 +48,7 @@ class Context:
     clients: Clients = field(default_factory=Clients)
     downlink: Compressor | None = None  # None: the server broadcasts uncompressed
     rounds: int | None = None  # planned outer iterations (None: not known)
+    worker_chunk: int | None = None  # oracles evaluate at most this many workers at once (None: all)
 
 
 class StepSizes(Params):
@@ -95,7 +96,7 @@ class Algorithm(ABC):
     def __init__(self, ctx: Context, hp: Params):
         self.ctx, self.hp = ctx, hp
         self.problem, self.comm = ctx.problem, ctx.comm
-        self.oracles = Oracles(ctx.problem)
+        self.oracles = Oracles(ctx.problem, ctx.worker_chunk)
         self.workers = ctx.comm.local_workers
 
     @abstractmethod

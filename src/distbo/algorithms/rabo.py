@@ -78,8 +78,8 @@ class RABO(Algorithm):
 
     def _oracles(self, losses) -> Oracles:
         if self.hp.products == "exact":
-            return Oracles(losses)
-        return FiniteDifferenceOracles(losses, self.hp.delta)
+            return Oracles(losses, self.ctx.worker_chunk)
+        return FiniteDifferenceOracles(losses, self.hp.delta, self.ctx.worker_chunk)
 
     def init(self) -> RABOState:
         x, y = self.x0y0()
