@@ -12,23 +12,44 @@ number of exchanges.
 
 ``local_steps`` is the clients' work of FedAvg (plain local SGD) and of FedInn (SVRG-corrected
 local steps); ``neumann`` the truncated Neumann series of FedIHGP (global) and LFedNest (local).
+
+Down-link (``ctx.downlink``; docs/composition.md). Every server->client broadcast goes through
+``FedRound.broadcast``, which returns what the clients hold; the algorithms compute with that
+(``FedRound.seen`` for x and y) and the server updates its exact values. With a compressed
+down-link each broadcast channel (a name: x, y, q, b, hp, h, v) is an EF21-P copy shared by the
+server and the clients (``compression.CompressedDownlink``): the server sends C'(u - u_hat) and
+both sides set u_hat += it, so every client holds the same copy and what C' dropped is sent
+with the channel's next broadcast (server-side error feedback per channel).
+- x and y persist across outer iterations: their public copies live in the algorithm's state
+  (``down``), start at (x_0, y_0), and are updated once per outer iteration, at its start, for
+  every client (bits counted for all n: a client outside this round's sample must still track
+  them to be able to join a later round).
+- The session's broadcasts (y after each averaging round, q, b, hp, h, v) go to the participants
+  only, on copies that live for the session: y's starts at the public y copy, the one-shot
+  vectors' start at 0, so consecutive broadcasts of a channel (q over the T inner rounds, hp over
+  the N Neumann terms, v over AggITD's backward rounds) are sent as compressed differences. A
+  vector broadcast once per session (b; v with N = 1) is sent as C'(b) and loses what C' drops
+  (a relative error of at most (1 - delta) in squared norm).
+An identity down-link is the uncompressed broadcast; with a compressor at rate 1 (topk:1.0) the
+copies equal the server's values up to rounding (tests/test_aggitd.py).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from pydantic import Field
 
 from .. import rng
 from ..comm.messages import Dense, DenseSum, Message
-from ..errors import ConfigError
 from ..oracles import Oracles
 from ..problems.base import Batch
 from ..registry import Params
-from .base import STREAM_CLIENTS, STREAM_F, STREAM_G, Algorithm, Context
+from .base import STREAM_CLIENTS, STREAM_COMPRESS, STREAM_F, STREAM_G, Algorithm, Context
+from .compression import CompressedDownlink
 
 Tensor = torch.Tensor
+DOWN = -1  # sub-key of the down-link's broadcasts (the up-link's count exchanges from 0)
 
 
 class FederatedParams(Params):
@@ -94,6 +115,10 @@ class FedRound:
         self.exact = ctx.compressor.kind == "exact"
         self.draws = 0  # minibatches drawn so far (one sub-key each)
         self.rounds = 0  # exchanges so far
+        self.down: CompressedDownlink | None = getattr(alg, "downlink", None)
+        self.held: dict[str, Tensor] = {}  # the clients' copies of the channels (compressed down-link)
+        self.public: Any = ()  # the public copies of x and y after this round's first broadcast
+        self.casts = 0  # compressed broadcasts so far (one sub-key each)
 
     def batch(self, level: str) -> Batch | None:
         """A fresh minibatch per participant at level 'f' or 'g' (None if none is hosted here)."""
@@ -121,25 +146,48 @@ class FedRound:
         self.rounds += 1
         return self.comm.exchange(msgs)
 
-    def broadcast(self, items: dict[str, Tensor]) -> None:
-        """Server -> participants (counted in bits_down)."""
-        self.comm.broadcast(items, receivers=self.total)
+    def broadcast(self, items: dict[str, Tensor], receivers: int | None = None) -> dict[str, Tensor]:
+        """Server -> participants (or ``receivers``), counted in bits_down; returns what the clients
+        hold: the items themselves, or with a compressed down-link the channels' updated copies."""
+        receivers = self.total if receivers is None else receivers
+        if self.down is None:
+            self.comm.broadcast(items, receivers=receivers)
+            return items
+        held = {k: self.held[k] if k in self.held else torch.zeros_like(v) for k, v in items.items()}
+        server = torch.zeros(1, dtype=torch.int64)
+        rk, cast = self.alg.round_key(self.t), self.casts
+        keys = lambda: {k: rng.key(rk, STREAM_COMPRESS, DOWN, cast, i, server) for i, k in enumerate(items)}
+        new = self.down.send(held, items, self.comm, keys, receivers)
+        self.casts += 1
+        self.held.update(new)
+        return new
+
+    def seen(self, name: str, value: Tensor) -> Tensor:
+        """The clients' copy of channel ``name`` whose server value is ``value``."""
+        return value if self.down is None else self.held[name]
 
 
 class FederatedAlgorithm(Algorithm):
     """Base of the federated methods: per-outer-iteration sessions and client oracles."""
 
     def __init__(self, ctx: Context, hp):
-        if ctx.downlink is not None:
-            raise ConfigError("downlink", f"the federated methods broadcast uncompressed and would ignore "
-                              f"'{ctx.downlink.spec}'; allowed: identity")
         super().__init__(ctx, hp)
         self.clients = ClientOracles(self.oracles)
+        self.downlink = None if ctx.downlink is None else CompressedDownlink(ctx.downlink)
 
-    def begin(self, t: int, **server: Tensor) -> FedRound:
-        """Open outer iteration t and send the server's state to its participants."""
+    def public_copies(self, **server: Tensor) -> Any:
+        """The down-link's state before round 0: the clients' copies of x and y (() if exact)."""
+        return () if self.downlink is None else dict(server)
+
+    def begin(self, t: int, down: Any = (), **server: Tensor) -> FedRound:
+        """Open outer iteration t and send the server's state (x, y): uncompressed to the
+        participants, or compressed against the public copies ``down`` to every client."""
         fr = FedRound(self, t)
-        fr.broadcast(server)
+        if self.downlink is None:
+            fr.broadcast(server)
+            return fr
+        fr.held = dict(down) if down else {k: torch.zeros_like(v) for k, v in server.items()}
+        fr.public = fr.broadcast(server, receivers=self.comm.n_workers)
         return fr
 
 
@@ -167,9 +215,11 @@ def local_steps(clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batc
 
 def fedavg_round(fr: FedRound, clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batch | None],
                  beta: float, q: Tensor | None = None, keep: bool = False) -> tuple[Tensor, list[Tensor]]:
-    """Local steps then one exchange of the model change y - y_i; the server's new y (broadcast)."""
-    Y, starts = local_steps(clients, x, y, batches, beta, fr.n, q, keep)
-    y = y - fr.exchange({"dy": y - Y})["dy"]
+    """Local steps from the clients' y, then one exchange of the model change; the server's new y
+    (broadcast). ``x`` and ``q`` are what the clients hold, ``y`` the server's value."""
+    held = fr.seen("y", y)
+    Y, starts = local_steps(clients, x, held, batches, beta, fr.n, q, keep)
+    y = y - fr.exchange({"dy": held - Y})["dy"]
     fr.broadcast({"y": y})
     return y, starts
 
