@@ -49,13 +49,16 @@ class AggITD(FederatedAlgorithm):
 
     def init(self) -> AggITDState:
         x, y = self.x0y0()
-        return AggITDState(x, y, self.public_copies(x=x, y=y))
+        return AggITDState(x, y, self.copies(x, y))
+
+    def channels(self) -> dict[str, int]:
+        return {f"v/{r}": self.problem.d_y for r in range(self.hp.inner_rounds)}
 
     def step(self, s: AggITDState, t: int) -> AggITDState:
         fr = self.begin(t, s.down, x=s.x, y=s.y)
         g = [fr.batches("g", self.hp.local_steps) for _ in range(self.hp.inner_rounds)]
         grad, y = self.hypergradient(fr, s.x, s.y, g, fr.batch("f"))
-        return AggITDState(s.x - self.hp.alpha * grad, y, fr.public)
+        return AggITDState(s.x - self.hp.alpha * grad, y, self.copies_after(fr))
 
     def hypergradient(self, fr: FedRound, x: Tensor, y: Tensor, g: list[list[Batch | None]],
                       f: Batch | None) -> tuple[Tensor, Tensor]:

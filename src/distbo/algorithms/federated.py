@@ -16,22 +16,21 @@ local steps); ``neumann`` the truncated Neumann series of FedIHGP (global) and L
 Down-link (``ctx.downlink``; docs/composition.md). Every server->client broadcast goes through
 ``FedRound.broadcast``, which returns what the clients hold; the algorithms compute with that
 (``FedRound.seen`` for x and y) and the server updates its exact values. With a compressed
-down-link each broadcast channel (a name: x, y, q, b, hp, h, v) is an EF21-P copy shared by the
-server and the clients (``compression.CompressedDownlink``): the server sends C'(u - u_hat) and
-both sides set u_hat += it, so every client holds the same copy and what C' dropped is sent
-with the channel's next broadcast (server-side error feedback per channel).
-- x and y persist across outer iterations: their public copies live in the algorithm's state
-  (``down``), start at (x_0, y_0), and are updated once per outer iteration, at its start, for
-  every client (bits counted for all n: a client outside this round's sample must still track
-  them to be able to join a later round).
-- The session's broadcasts (y after each averaging round, q, b, hp, h, v) go to the participants
-  only, on copies that live for the session: y's starts at the public y copy, the one-shot
-  vectors' start at 0, so consecutive broadcasts of a channel (q over the T inner rounds, hp over
-  the N Neumann terms, v over AggITD's backward rounds) are sent as compressed differences. A
-  vector broadcast once per session (b; v with N = 1) is sent as C'(b) and loses what C' drops
-  (a relative error of at most (1 - delta) in squared norm).
-An identity down-link is the uncompressed broadcast; with a compressor at rate 1 (topk:1.0) the
-copies equal the server's values up to rounding (tests/test_aggitd.py).
+down-link every broadcast *channel* is an EF21-P copy shared by the server and all clients
+(``compression.CompressedDownlink``): the server sends C'(u - u_hat) and both sides set
+u_hat += it, so every client holds the same copy and what C' dropped is sent with the channel's
+next broadcast (server-side error feedback per channel). The channels are x and y (one each: y is
+broadcast at the start of a round and after each averaging round) and, for the per-round vectors,
+one per vector and position in the round (``q/r`` of inner round r, ``b/0``, ``hp/k`` of Neumann
+term k, ``h/0``, AggITD's ``v/r`` of backward round r): each tracks the same quantity from one
+outer iteration to the next, which settles as x converges, so its differences shrink. (A copy
+restarted every round would send C'(b) for a vector sent once per round and keep its error.)
+The copies are part of the algorithm's state (``down``; x, y start at x_0, y_0, the others at
+0). To keep every copy identical each broadcast goes to every client, sampled or not: with
+client sampling the compressed down-link counts n receivers per broadcast where the
+uncompressed one counts the participants. An identity down-link is the uncompressed broadcast;
+with a compressor at rate 1 (topk:1.0) the copies equal the server's values up to rounding
+(tests/test_aggitd.py).
 """
 from __future__ import annotations
 
@@ -117,7 +116,7 @@ class FedRound:
         self.rounds = 0  # exchanges so far
         self.down: CompressedDownlink | None = getattr(alg, "downlink", None)
         self.held: dict[str, Tensor] = {}  # the clients' copies of the channels (compressed down-link)
-        self.public: Any = ()  # the public copies of x and y after this round's first broadcast
+        self.sent: dict[str, int] = {}  # broadcasts per name so far (the position of a per-round vector)
         self.casts = 0  # compressed broadcasts so far (one sub-key each)
 
     def batch(self, level: str) -> Batch | None:
@@ -146,25 +145,36 @@ class FedRound:
         self.rounds += 1
         return self.comm.exchange(msgs)
 
-    def broadcast(self, items: dict[str, Tensor], receivers: int | None = None) -> dict[str, Tensor]:
-        """Server -> participants (or ``receivers``), counted in bits_down; returns what the clients
-        hold: the items themselves, or with a compressed down-link the channels' updated copies."""
-        receivers = self.total if receivers is None else receivers
+    def broadcast(self, items: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Server -> clients, counted in bits_down; returns what the clients hold: the items (sent
+        to the participants), or with a compressed down-link the channels' updated copies (sent to
+        every client)."""
         if self.down is None:
-            self.comm.broadcast(items, receivers=receivers)
+            self.comm.broadcast(items, receivers=self.total)
             return items
-        held = {k: self.held[k] if k in self.held else torch.zeros_like(v) for k, v in items.items()}
+        names = {k: channel(k, self.sent.get(k, 0)) for k in items}
+        for k in items:
+            self.sent[k] = self.sent.get(k, 0) + 1
+        held = {names[k]: self.held.get(names[k], torch.zeros_like(v)) for k, v in items.items()}
         server = torch.zeros(1, dtype=torch.int64)
         rk, cast = self.alg.round_key(self.t), self.casts
-        keys = lambda: {k: rng.key(rk, STREAM_COMPRESS, DOWN, cast, i, server) for i, k in enumerate(items)}
-        new = self.down.send(held, items, self.comm, keys, receivers)
+        keys = lambda: {c: rng.key(rk, STREAM_COMPRESS, DOWN, cast, i, server) for i, c in enumerate(held)}
+        new = self.down.send(held, {names[k]: v for k, v in items.items()}, self.comm, keys)
         self.casts += 1
         self.held.update(new)
-        return new
+        return {k: new[names[k]] for k in items}
 
     def seen(self, name: str, value: Tensor) -> Tensor:
-        """The clients' copy of channel ``name`` whose server value is ``value``."""
+        """The clients' copy of x or y, whose server value is ``value``."""
         return value if self.down is None else self.held[name]
+
+
+STATE_CHANNELS = ("x", "y")
+
+
+def channel(name: str, position: int) -> str:
+    """The down-link channel of the ``position``-th broadcast of ``name`` in a round."""
+    return name if name in STATE_CHANNELS else f"{name}/{position}"
 
 
 class FederatedAlgorithm(Algorithm):
@@ -175,20 +185,26 @@ class FederatedAlgorithm(Algorithm):
         self.clients = ClientOracles(self.oracles)
         self.downlink = None if ctx.downlink is None else CompressedDownlink(ctx.downlink)
 
-    def public_copies(self, **server: Tensor) -> Any:
-        """The down-link's state before round 0: the clients' copies of x and y (() if exact)."""
-        return () if self.downlink is None else dict(server)
+    def channels(self) -> dict[str, int]:
+        """The per-round vectors' down-link channels (name -> dimension), besides x and y."""
+        return {}
+
+    def copies(self, x: Tensor, y: Tensor) -> Any:
+        """The down-link's state before round 0: every channel's copy (() if uncompressed)."""
+        if self.downlink is None:
+            return ()
+        return {"x": x, "y": y, **{k: torch.zeros(d, dtype=x.dtype) for k, d in self.channels().items()}}
 
     def begin(self, t: int, down: Any = (), **server: Tensor) -> FedRound:
-        """Open outer iteration t and send the server's state (x, y): uncompressed to the
-        participants, or compressed against the public copies ``down`` to every client."""
+        """Open outer iteration t with the clients' copies ``down`` and send the server's state."""
         fr = FedRound(self, t)
-        if self.downlink is None:
-            fr.broadcast(server)
-            return fr
-        fr.held = dict(down) if down else {k: torch.zeros_like(v) for k, v in server.items()}
-        fr.public = fr.broadcast(server, receivers=self.comm.n_workers)
+        fr.held = dict(down) if down else {}
+        fr.broadcast(server)
         return fr
+
+    def copies_after(self, fr: FedRound) -> Any:
+        """The down-link's state after the round (() if uncompressed)."""
+        return () if self.downlink is None else fr.held
 
 
 def local_steps(clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batch | None], beta: float,

@@ -65,12 +65,21 @@ class FedNest(FederatedAlgorithm):
 
     def init(self) -> FedNestState:
         x, y = self.x0y0()
-        return FedNestState(x, y, self.public_copies(x=x, y=y))
+        return FedNestState(x, y, self.copies(x, y))
+
+    def channels(self) -> dict[str, int]:
+        hp, d = self.hp, self.problem.d_y
+        out = {f"q/{r}": d for r in range(hp.inner_rounds)} if self.svrg_inner and hp.inner == "svrg" else {}
+        if self.svrg_inner:  # FedNest: FedIHGP and FedOut broadcast too; LFedNest only x and y
+            out.update({"b/0": d, **{f"hp/{k}": d for k in range(hp.neumann_terms)}})
+            if hp.outer == "local-svrg":
+                out["h/0"] = self.problem.d_x
+        return out
 
     def step(self, s: FedNestState, t: int) -> FedNestState:
         fr = self.begin(t, s.down, x=s.x, y=s.y)
         y = self.fedinn(fr, s.x, s.y)
-        return FedNestState(self.update_x(fr, s.x, y), y, fr.public)
+        return FedNestState(self.update_x(fr, s.x, y), y, self.copies_after(fr))
 
     def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
         """FedIHGP then FedOut; the server's new x."""
