@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
+from .allocator import reuse_freed_memory
 from .algorithms import ALGORITHMS, Clients, Context
 from .comm.base import CommStats, Communicator
 from .compressors import make_compressor
@@ -137,6 +138,7 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
     torch.manual_seed(res.run.seed)
     importlib.import_module("torch._dynamo")  # torch.func loads it on first use (seconds): not in wall_s
     algorithm, comm = build(res, problem, comm)
+    reuse_freed_memory()  # large per-worker tensors: reuse freed blocks instead of page-faulting anew
     out = Path(out) if out is not None else None
     before = torch.get_num_threads()
     torch.set_num_threads(threads_for(res.run, problem, before))
