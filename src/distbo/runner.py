@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint, folders, memory, safeio, stopping
+from .allocator import reuse_freed_memory
 from .algorithms import ALGORITHMS, Clients, Context
 from .algorithms.base import check_clients
 from .comm.base import CommStats, Communicator
@@ -151,6 +152,7 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
     with default_device(device):
         check_problem(problem, res.run)
         algorithm, comm = build(res, problem, comm)
+    reuse_freed_memory()  # large per-worker tensors: reuse freed blocks instead of page-faulting anew
     out = Path(out) if out is not None else None
     before = torch.get_num_threads()
     torch.set_num_threads(threads_for(res.run, problem, before))
