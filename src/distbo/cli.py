@@ -46,6 +46,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, dest="eval_every", help="evaluate every K rounds")
     p.add_argument("--seed", type=int)
     p.add_argument("--procs", type=int, help="processes on this machine (torch.distributed)")
+    p.add_argument("--engine", choices=["sim", "flower"], help="sim (default) or flower (Flower apps, docs/flower.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="override a config field by dotted key (repeatable)")
     p.add_argument("--out", help="output folder (default: runs/<task>-<algorithm>-<time>)")
@@ -64,7 +65,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         return _resume(a)
     raw: dict[str, Any] = load_toml(a.config) if a.config else {}
     raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs)
+                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs,
+                engine=a.engine)
     for item in a.sets:
         apply_set(raw, item)
     res, problem = resolve(raw)
@@ -72,7 +74,15 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise ConfigError("--out", "is required under torchrun (every process must use the same folder)")
     out = Path(a.out) if a.out else Path("runs") / (
         f"{res.run.task['name']}-{res.run.algorithm['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if res.run.procs > 1 and not launch.in_job():  # start the processes (launch.py)
+    if res.run.engine == "flower":
+        from .flower import run_flower
+
+        try:
+            result = run_flower(raw, out, not a.quiet)
+        except launch.LaunchError as exc:
+            sys.stderr.write(f"distbo: error: {exc}\n")
+            return exc.code
+    elif res.run.procs > 1 and not launch.in_job():  # start the processes (launch.py)
         try:
             result = launch.run_procs(raw, None, out, not a.quiet, res.run.procs, res.run.timeout, res.run.workers)
         except launch.LaunchError as exc:
@@ -94,7 +104,7 @@ def _resume(a: argparse.Namespace) -> int:
     from .runner import resume
 
     flags = ("config", "task", "algorithm", "compressor", "workers", "rounds", "eval_every", "seed",
-             "procs", "sets", "out")
+             "procs", "engine", "sets", "out")
     given = [("CONFIG" if k == "config" else f"--{k.rstrip('s') if k == 'sets' else k.replace('_', '-')}")
              for k in flags if getattr(a, k) not in (None, [])]
     if given:

@@ -38,6 +38,14 @@ class ClientsConfig(Params):
         return v
 
 
+class FlowerConfig(Params):
+    nodes: int | None = Field(None, gt=0, description="Flower nodes (ClientApps), each hosting a block of "
+                              "workers (unset: one worker per node)")
+    runtime: Literal["inprocess", "deployment"] = Field(
+        "inprocess", description="inprocess: the Flower apps driven in this process; deployment: a SuperLink and "
+        "SuperNodes on 127.0.0.1 with flwr run (docs/flower.md)")
+
+
 class RunConfig(Params):
     task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"})
     algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"})
@@ -55,6 +63,9 @@ class RunConfig(Params):
                                 "under 100k parameters, else the cores per process)")
     dtype: Literal["float32", "float64"] = "float32"
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    engine: Literal["sim", "flower"] = Field("sim", description="sim: the simulator (or torch.distributed with "
+                                             "procs > 1); flower: Flower apps, one round trip per exchange")
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
 
     @field_validator("task", "algorithm", mode="before")
     @classmethod

@@ -274,6 +274,10 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
     user_problem = problem
     res, problem = resolve(raw, problem)
     out = Path(out) if out is not None else None
+    if res.run.engine == "flower" and comm is None:  # Flower apps (flower/)
+        from .flower import run_flower
+
+        return run_flower(raw, out, progress, user_problem)
     if res.run.procs > 1 and comm is None and not in_job():  # start the processes (launch.py)
         return run_procs(raw, user_problem, out, progress, res.run.procs, res.run.timeout, res.run.workers)
     return execute(res, problem, out, progress, comm)
