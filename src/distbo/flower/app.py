@@ -132,11 +132,18 @@ server_app = ServerApp()
 
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
+    """Under ``flwr run``: the run, its outputs in ``out`` (plus flower.json with the byte counts,
+    flower-point.pt with the final point, and error.txt with the one line of a failure)."""
     raw = json.loads(str(context.run_config["distbo"]))
-    out = context.run_config.get("out")
-    result = serve(grid, raw, Path(str(out)) if out else None)
-    if result.out is not None:
-        (result.out / "flower.json").write_text(json.dumps(result.extra["flower"], indent=2) + "\n")
+    out = Path(str(context.run_config.get("out") or "runs/flower")).absolute()
+    try:
+        result = serve(grid, raw, out)
+    except Exception as exc:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "error.txt").write_text(f"{exc}\n")
+        raise
+    (out / "flower.json").write_text(json.dumps(result.extra["flower"], indent=2) + "\n")
+    torch.save({"x": result.x, "y": result.y}, out / "flower-point.pt")
 
 
 # ----- client side -----
