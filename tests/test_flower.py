@@ -120,3 +120,22 @@ def test_bad_flower_settings_are_one_line_and_exit_2(args, field, tmp_path, caps
                  "--out", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and field in err[0], err
+
+
+def test_the_example_flower_project_names_distbos_apps_and_a_valid_configuration():
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    from distbo.runner import resolve
+
+    conf = tomllib.loads((Path(__file__).parents[1] / "examples" / "flower" / "pyproject.toml").read_text())
+    flwr = conf["tool"]["flwr"]["app"]
+    for key, kind in (("serverapp", ServerApp), ("clientapp", ClientApp)):
+        module, _, attr = flwr["components"][key].partition(":")
+        assert isinstance(getattr(importlib.import_module(module), attr), kind)
+    res, _ = resolve(json.loads(flwr["config"]["distbo"]))
+    assert res.run.workers % res.run.flower.nodes == 0

@@ -24,7 +24,7 @@ from .algorithms import ALGORITHMS, Clients, Context
 from .comm.base import CommStats, Communicator
 from .compressors import make_compressor
 from .config import DTYPES, Resolved, RunConfig, check_run
-from .errors import DivergenceError
+from .errors import ConfigError, DivergenceError
 from .launch import in_job, make_comm, run_procs
 from .problems import TASKS, Problem
 from .registry import validate
@@ -233,6 +233,9 @@ def resume(out: str | Path, progress: bool = False, problem: Problem | None = No
         raw["workers"] = problem.n_workers
     user_problem = problem
     res, problem = resolve(raw, problem)
+    if res.run.engine == "flower":
+        raise ConfigError("--resume", "a Flower run cannot be resumed (its nodes keep their state in Flower's "
+                          "contexts); start it again")
     if res.run.procs > 1 and comm is None and not in_job():  # each process reads its own shard
         return run_procs(raw, user_problem, Path(out), progress, res.run.procs, res.run.timeout,
                          res.run.workers, resume=True)

@@ -9,6 +9,11 @@ def run_flower(raw, out, progress=False, problem=None):
     if problem is not None:
         raise ConfigError("engine", "flower runs registered tasks only (its nodes rebuild the task from the "
                           "configuration); use engine = 'sim' for a user-defined Problem")
+    from ..config import check_run
+
+    if check_run(raw).procs > 1:
+        raise ConfigError("procs", "is torch.distributed; with engine = 'flower' the workers are hosted by "
+                          "Flower nodes: set flower.nodes instead")
     try:
         from .local import run_flower as run
     except ModuleNotFoundError as exc:
