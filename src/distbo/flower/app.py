@@ -185,6 +185,8 @@ def advance(st: dict[str, Any], seq: int) -> tuple[dict[str, Any], dict]:
         template, state_leaves(st["leaves"]))
     t, start, downs = st["round"], st["round_seq"], _downs(st)
     while True:
+        if algorithm.ctx.rounds is not None and t >= algorithm.ctx.rounds:
+            raise RuntimeError(f"the server asks for exchange {seq}, after the last round of this replica")
         comm.seq, comm.answers = start, list(downs)
         try:
             state = algorithm.step(state, t)
