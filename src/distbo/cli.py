@@ -54,6 +54,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--procs", type=int, help="processes on this machine (torch.distributed)")
     p.add_argument("--until", metavar="FIELD<=VALUE", help="stop at the first evaluation that meets this "
                    "target (or FIELD>=VALUE), e.g. hypergrad_norm<=1e-3")
+    p.add_argument("--engine", choices=["sim", "flower"], help="sim (default) or flower (Flower apps, docs/flower.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="override a config field by dotted key (repeatable); every key, with its "
                    "default and range: 'distbo list ALGORITHM|TASK', 'distbo list --markdown'")
@@ -79,7 +80,16 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise ConfigError("--out", "is required under torchrun (every process must use the same folder)")
     out = Path(a.out) if a.out else Path("runs") / (
         f"{res.run.task['name']}-{res.run.algorithm['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if res.run.procs > 1 and not launch.in_job():  # start the processes (launch.py)
+    if res.run.engine == "flower":
+        from .flower import run_flower
+
+        folders.prepare_locked(out, a.overwrite)
+        try:
+            result = run_flower(raw, out, not a.quiet)
+        except launch.LaunchError as exc:
+            sys.stderr.write(f"distbo: error: {exc}\n")
+            return exc.code
+    elif res.run.procs > 1 and not launch.in_job():  # start the processes (launch.py)
         folders.prepare_locked(out, a.overwrite)
         try:
             result = launch.run_procs(raw, None, out, not a.quiet, res.run.procs, res.run.timeout, res.run.workers)
@@ -106,7 +116,7 @@ def _checked_raw(a: argparse.Namespace) -> dict[str, Any]:
 
     raw: dict[str, Any] = load_toml(a.config) if a.config else {}
     raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until)
+                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until, engine=a.engine)
     for item in a.sets:
         apply_set(raw, item)
     check_run(raw)
@@ -124,7 +134,7 @@ def _resume_changes(a: argparse.Namespace) -> dict[str, Any]:
     from .errors import ConfigError
     from .folders import check_changes
 
-    flags = ("config", "task", "algorithm", "compressor", "workers", "seed", "out", "overwrite")
+    flags = ("config", "task", "algorithm", "compressor", "workers", "seed", "out", "overwrite", "engine")
     given = [("CONFIG" if k == "config" else f"--{k.replace('_', '-')}") for k in flags
              if getattr(a, k) not in (None, [], False)]
     if given:

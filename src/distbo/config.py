@@ -45,6 +45,14 @@ class ClientsConfig(Params):
         return v
 
 
+class FlowerConfig(Params):
+    nodes: int | None = Field(None, gt=0, description="Flower nodes (ClientApps), each hosting a block of "
+                              "workers (unset: one worker per node)")
+    runtime: Literal["inprocess", "deployment"] = Field(
+        "inprocess", description="inprocess: the Flower apps driven in this process; deployment: a SuperLink and "
+        "SuperNodes on 127.0.0.1 with flwr run (docs/flower.md)")
+
+
 class RunConfig(Params):
     task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"})
     algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"})
@@ -65,6 +73,9 @@ class RunConfig(Params):
     worker_chunk: int | None = Field(None, ge=1, description="evaluate the oracles this many workers at a "
                                      "time (memory O(chunk d) instead of O(workers d)); unset: all at once")
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    engine: Literal["sim", "flower"] = Field("sim", description="sim: the simulator (or torch.distributed with "
+                                             "procs > 1); flower: Flower apps, one round trip per exchange")
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
     until: str | None = Field(None, description="stop at the first evaluation that meets FIELD<=VALUE or "
                               "FIELD>=VALUE, e.g. hypergrad_norm<=1e-3 (unset: run every round)")
     diverge_factor: float | None = Field(1e4, ge=0, description="stop as diverged when ||x||, ||y||, "

@@ -28,7 +28,7 @@ from .compressors import make_compressor
 from .compressors.base import check_sizes
 from .config import DTYPES, Resolved, RunConfig, check_run
 from .devices import default_device, resolve_device, to_device
-from .errors import DivergenceError
+from .errors import ConfigError, DivergenceError
 from .launch import in_job, make_comm, run_procs
 from .problems import TASKS, Problem
 from .problems.checks import check_problem, metric_row, user_settings
@@ -274,6 +274,9 @@ def resume(out: str | Path, progress: bool = False, problem: Problem | None = No
         raw["workers"] = problem.n_workers
     user_problem = problem
     res, problem = resolve(raw, problem)
+    if res.run.engine == "flower":
+        raise ConfigError("--resume", "a Flower run cannot be resumed (its nodes keep their state in Flower's "
+                          "contexts); start it again")
     if res.run.procs > 1 and comm is None and not in_job():  # each process reads its own shard
         return run_procs(raw, user_problem, Path(out), progress, res.run.procs, res.run.timeout,
                          res.run.workers, resume=True)
@@ -318,6 +321,10 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
     user_problem = problem
     res, problem = resolve(raw, problem)
     out = Path(out) if out is not None else None
+    if res.run.engine == "flower" and comm is None:  # Flower apps (flower/)
+        from .flower import run_flower
+
+        return run_flower(raw, out, progress, user_problem)
     if res.run.procs > 1 and comm is None and not in_job():  # start the processes (launch.py)
         if out is not None:
             folders.prepare_locked(out, overwrite)
