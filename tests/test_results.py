@@ -55,7 +55,9 @@ def test_plot_labels_by_algorithm_and_compressor(runs, tmp_path):
     other = tmp_path / "csoba"
     distbo.run(TASK, algorithm="c-soba", compressor="randk:0.5", workers=2, rounds=10, eval_every=5, out=other)
     fig = plot_runs([runs[0], str(other)], "bits_up", "upper_loss")
-    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["soba, identity", "c-soba, randk:0.5"]
+    # every key that differs between the two runs is named, top-level keys first
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == [
+        "soba, identity, dtype=float64, rounds=30, alpha=0.05", "c-soba, randk:0.5, dtype=float32, rounds=10, alpha=0.1"]
 
 
 def test_auto_scales():
