@@ -155,7 +155,12 @@ def describe_all() -> list[tuple[str, str]]:
 
 def load_file(p: Path) -> Suite:
     try:
-        return validate(Suite, load_toml(p), "")
+        suite = validate(Suite, load_toml(p), "")
+        if suite.analysis is not None:
+            from . import claims
+
+            claims.check(suite.analysis)
+        return suite
     except ConfigError as exc:
         raise ConfigError(f"{p} {exc.field}".strip(), exc.message) from None
 
