@@ -13,7 +13,8 @@ The products are second-order free by default, central finite differences of gra
 only their kept coordinates' changes; the server adds, per coordinate, their sum divided by the
 number of clients that covered it (coverage average; an uncovered coordinate keeps its value) and
 records the minimum coverage so far, C_x* and C_y* (metrics ``C_x``, ``C_y``), which governs the
-rate O(1/sqrt(C_x* Q)). Clients of one resource level share sub-network sizes and run as one
+rate O(1/sqrt(C_x* Q)), and ``hypergrad_proxy``, the norm of the full-model hypergradient estimate at
+the server's (x, y, v) on a fixed evaluation minibatch (``RABO.hypergrad_proxy``). Clients of one resource level share sub-network sizes and run as one
 vmapped group, so a client's FLOPs, memory and time fall with its level (``client_flops_*``);
 a task opts in with ``units()`` and ``sizes=`` on its losses (see algorithms/submodels.py).
 With every resource 1, exact products and T = 1, one round equals a SOBA round.
@@ -35,7 +36,8 @@ from pydantic import Field
 
 from .. import rng
 from ..oracles import FiniteDifferenceOracles, Oracles
-from .base import ALGORITHMS, STREAM_CLIENTS, Algorithm, Context, StepSizes, project_ball, schedule_factor
+from .base import (ALGORITHMS, STREAM_CLIENTS, STREAM_F, STREAM_G, Algorithm, Context, StepSizes, project_ball,
+                   schedule_factor)
 from .federated import sample_clients
 from .soba import soba_directions
 from .submodel_links import make_downlink, make_uplink
@@ -131,10 +133,21 @@ class RABO(Algorithm):
 
     def metrics(self, state: RABOState) -> dict[str, float | int | None]:
         cx, cy = (int(c) if c >= 0 else None for c in state.cover)
-        out = {"C_x": cx, "C_y": cy}
+        out = {"C_x": cx, "C_y": cy, "hypergrad_proxy": self.hypergrad_proxy(state)}
         if self.flops is not None:
             out.update(client_flops_mean=float(self.flops.mean()), client_flops_max=float(self.flops.max()))
         return out
+
+    def hypergrad_proxy(self, s: RABOState) -> float:
+        """||mean_i (grad_x F_i(x, y) - H_xy,i(x, y) v)|| at the server's (x, y, v): the method's
+        hypergradient estimate with the full model and exact products, on one evaluation minibatch
+        per client that is the same at every evaluation (a stationarity proxy where the task has no
+        closed-form hypergradient). Bookkeeping: not counted as communication."""
+        key = rng.key(self.ctx.seed, 0xE7A1)
+        bf = self.problem.sample("f", self.workers, rng.key(key, STREAM_F))
+        bg = self.problem.sample("g", self.workers, rng.key(key, STREAM_G))
+        d_x = soba_directions(self.oracles, s.x, s.y, s.v, bf, bg, reduce=True)["x"]
+        return float((self.comm.all_sum(d_x) / self.comm.n_workers).double().norm())
 
 
 @ALGORITHMS.register("rabo", RABOParams,
