@@ -66,7 +66,7 @@ def check_clients(clients: Clients, uses: tuple[str, ...], algorithm: str) -> No
     default = Clients()
     for name in ("fraction", "resources", "policy"):
         if name not in uses and getattr(clients, name) != getattr(default, name):
-            users = {"fraction": "aggitd, fednest, lfednest", "resources": "rabo, rafbo",
+            users = {"fraction": "aggitd, fednest, lfednest, rabo, rafbo", "resources": "rabo, rafbo",
                      "policy": "rabo, rafbo"}[name]
             raise ConfigError(f"clients.{name}", f"{algorithm} does not use it and would ignore "
                               f"{getattr(clients, name)!r}; allowed: {getattr(default, name)!r} "

@@ -69,7 +69,7 @@ class RABOState(NamedTuple):
 
 class RABO(Algorithm):
     Hyper = RABOParams
-    client_settings = ("resources", "policy")
+    client_settings = ("fraction", "resources", "policy")
 
     def __init__(self, ctx: Context, hp: RABOParams, local_steps: int = 1):
         super().__init__(ctx, hp)
