@@ -329,7 +329,7 @@ def test_the_resume_advice_can_be_followed():
     import argparse
 
     a = argparse.Namespace(config=None, task=None, algorithm=None, compressor=None, workers=None, seed=None,
-                           out=None, overwrite=False, rounds=None, eval_every=None, procs=2,
+                           out=None, overwrite=False, rounds=None, eval_every=None, procs=2, until=None, engine=None,
                            sets=["timeout=60", "threads=1"])
     assert _resume_changes(a) == {"procs": 2, "timeout": 60, "threads": 1}
 

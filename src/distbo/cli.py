@@ -44,18 +44,23 @@ def command(name: str, help: str, args: ArgsFn = lambda p: None):
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a TOML configuration file")
     p.add_argument("--task", help="task name (see 'distbo list')")
-    p.add_argument("--algorithm", help="algorithm name (see 'distbo list')")
+    p.add_argument("--algorithm", help="algorithm name (see 'distbo list'; 'distbo list NAME' shows its "
+                   "hyper-parameters, defaults and ranges)")
     p.add_argument("--compressor", help="compressor spec, e.g. topk:0.1")
     p.add_argument("--workers", type=int, help="number of workers")
     p.add_argument("--rounds", type=int, help="outer iterations")
     p.add_argument("--eval-every", type=int, dest="eval_every", help="evaluate every K rounds")
     p.add_argument("--seed", type=int)
     p.add_argument("--procs", type=int, help="processes on this machine (torch.distributed)")
+    p.add_argument("--until", metavar="FIELD<=VALUE", help="stop at the first evaluation that meets this "
+                   "target (or FIELD>=VALUE), e.g. hypergrad_norm<=1e-3")
+    p.add_argument("--engine", choices=["sim", "flower"], help="sim (default) or flower (Flower apps, docs/flower.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
-                   help="override a config field by dotted key (repeatable)")
+                   help="override a config field by dotted key (repeatable); every key, with its "
+                   "default and range: 'distbo list ALGORITHM|TASK', 'distbo list --markdown'")
     p.add_argument("--out", help="output folder (default: runs/<task>-<algorithm>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its folder (with it only "
-                   "--rounds, --eval-every, --procs and --set of rounds, eval_every, until, timeout, threads)")
+                   "--rounds, --eval-every, --until, --procs and --set of rounds, eval_every, until, timeout, threads)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are "
                    "removed first)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -75,7 +80,16 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise ConfigError("--out", "is required under torchrun (every process must use the same folder)")
     out = Path(a.out) if a.out else Path("runs") / (
         f"{res.run.task['name']}-{res.run.algorithm['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if res.run.procs > 1 and not launch.in_job():  # start the processes (launch.py)
+    if res.run.engine == "flower":
+        from .flower import run_flower
+
+        folders.prepare_locked(out, a.overwrite)
+        try:
+            result = run_flower(raw, out, not a.quiet)
+        except launch.LaunchError as exc:
+            sys.stderr.write(f"distbo: error: {exc}\n")
+            return exc.code
+    elif res.run.procs > 1 and not launch.in_job():  # start the processes (launch.py)
         folders.prepare_locked(out, a.overwrite)
         try:
             result = launch.run_procs(raw, None, out, not a.quiet, res.run.procs, res.run.timeout, res.run.workers)
@@ -88,6 +102,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         return 0
     if not a.quiet:
         print_rows(result.metrics)
+    if "target" in result.extra:
+        print(describe_target(result.extra["target"]))
     print(f"wrote {out}")
     return 0
 
@@ -100,7 +116,7 @@ def _checked_raw(a: argparse.Namespace) -> dict[str, Any]:
 
     raw: dict[str, Any] = load_toml(a.config) if a.config else {}
     raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs)
+                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until, engine=a.engine)
     for item in a.sets:
         apply_set(raw, item)
     check_run(raw)
@@ -118,18 +134,18 @@ def _resume_changes(a: argparse.Namespace) -> dict[str, Any]:
     from .errors import ConfigError
     from .folders import check_changes
 
-    flags = ("config", "task", "algorithm", "compressor", "workers", "seed", "out", "overwrite")
+    flags = ("config", "task", "algorithm", "compressor", "workers", "seed", "out", "overwrite", "engine")
     given = [("CONFIG" if k == "config" else f"--{k.replace('_', '-')}") for k in flags
              if getattr(a, k) not in (None, [], False)]
     if given:
         raise ConfigError("--resume", f"uses the run's own config.json; drop {', '.join(given)} (only --rounds, "
-                          "--eval-every, --procs and --set of rounds, eval_every, until, timeout, threads "
+                          "--eval-every, --until, --procs and --set of rounds, eval_every, until, timeout, threads "
                           "may be given)")
     changes: dict[str, Any] = {}
     for item in a.sets:
         apply_set(changes, item)
-    changes.update({k: v for k, v in (("rounds", a.rounds), ("eval_every", a.eval_every), ("procs", a.procs))
-                    if v is not None})
+    changes.update({k: v for k, v in (("rounds", a.rounds), ("eval_every", a.eval_every), ("procs", a.procs),
+                                      ("until", a.until)) if v is not None})
     return check_changes(changes)
 
 
@@ -144,6 +160,12 @@ def _resume(a: argparse.Namespace) -> int:
         print_rows(result.metrics)
     print(f"resumed {a.resume} from round {result.extra['resumed_from']}")
     return 0
+
+
+def describe_target(info: dict[str, Any]) -> str:
+    if not info["reached"]:
+        return f"target {info['until']} not reached"
+    return f"target {info['until']} reached at round {info['round']} ({info['bits_up']} bits up)"
 
 
 def print_rows(rows: list[dict[str, Any]], limit: int = 6) -> None:

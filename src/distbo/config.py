@@ -45,6 +45,14 @@ class ClientsConfig(Params):
         return v
 
 
+class FlowerConfig(Params):
+    nodes: int | None = Field(None, gt=0, description="Flower nodes (ClientApps), each hosting a block of "
+                              "workers (unset: one worker per node)")
+    runtime: Literal["inprocess", "deployment"] = Field(
+        "inprocess", description="inprocess: the Flower apps driven in this process; deployment: a SuperLink and "
+        "SuperNodes on 127.0.0.1 with flwr run (docs/flower.md)")
+
+
 class RunConfig(Params):
     task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"})
     algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"})
@@ -61,7 +69,25 @@ class RunConfig(Params):
     threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1 for models "
                                 "under 100k parameters, else the cores per process)")
     dtype: Literal["float32", "float64"] = "float32"
+    device: str = Field("cpu", description="where to compute: cpu, cuda, cuda:N or auto (cuda if present)")
+    worker_chunk: int | None = Field(None, ge=1, description="evaluate the oracles this many workers at a "
+                                     "time (memory O(chunk d) instead of O(workers d)); unset: all at once")
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    engine: Literal["sim", "flower"] = Field("sim", description="sim: the simulator (or torch.distributed with "
+                                             "procs > 1); flower: Flower apps, one round trip per exchange")
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
+    until: str | None = Field(None, description="stop at the first evaluation that meets FIELD<=VALUE or "
+                              "FIELD>=VALUE, e.g. hypergrad_norm<=1e-3 (unset: run every round)")
+    diverge_factor: float | None = Field(1e4, ge=0, description="stop as diverged when ||x||, ||y||, "
+                                         "upper_loss or hypergrad_norm grows past this factor times its start "
+                                         "(floors: sqrt(d) for norms, 1 for metrics); 0 or unset: off")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"unknown device '{v}'; allowed: cpu, cuda, cuda:N, auto")
 
     @field_validator("task", "algorithm", mode="before")
     @classmethod
@@ -72,6 +98,15 @@ class RunConfig(Params):
             v = {"name": DEFAULT_NAMES[info.field_name], **v}
             if not isinstance(v["name"], str):
                 raise ValueError("'name' must be a string")
+        return v
+
+    @field_validator("until")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        from .stopping import parse_until
+
+        if v is not None:
+            parse_until(v)
         return v
 
 

@@ -108,6 +108,8 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default: runs/NAME)")
     p.add_argument("--list", action="store_true", help="list the suites")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quick", action="store_true",
+                   help="a scaled-down version for a first look (default output: runs/NAME-quick)")
 
 
 @command("reproduce", "run a named suite of runs and draw its figure and table", _reproduce_args)
@@ -127,5 +129,5 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         from .folders import check_out
 
         check_out(a.out)  # before the suite's imports and runs
-    suites.reproduce(a.name, a.out, progress=not a.quiet)
+    suites.reproduce(a.name, a.out, progress=not a.quiet, quick=a.quick)
     return 0

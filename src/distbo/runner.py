@@ -19,15 +19,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, folders, memory, safeio
+from . import checkpoint, folders, memory, safeio, stopping
+from .allocator import reuse_freed_memory
 from .algorithms import ALGORITHMS, Clients, Context
+from .algorithms.base import check_clients
 from .comm.base import CommStats, Communicator
 from .compressors import make_compressor
 from .compressors.base import check_sizes
 from .config import DTYPES, Resolved, RunConfig, check_run
-from .errors import DivergenceError
+from .devices import default_device, resolve_device, to_device
+from .errors import ConfigError, DivergenceError
 from .launch import in_job, make_comm, run_procs
 from .problems import TASKS, Problem
+from .problems.checks import check_problem, metric_row, user_settings
 from .registry import validate
 
 CONTRACT_FIELDS = ("round", "bits_up", "bits_down", "comm_rounds", "wall_s", "upper_loss")
@@ -57,6 +61,7 @@ def task_defaults(problem: Problem, algorithm: str, fields: dict) -> dict[str, A
 def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolved, Problem]:
     """Check every field, then build the problem (a user Problem is taken as it is)."""
     run = check_run(raw)
+    resolve_device(run.device)  # CUDA asked for and absent: one line before any work
     alg_entry = ALGORITHMS.get(run.algorithm["name"], "algorithm.name")
     user_alg = {k: v for k, v in run.algorithm.items() if k != "name"}
     validate(alg_entry.params, user_alg, "algorithm")  # fail before any work
@@ -78,12 +83,14 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
 
 def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
     run = res.run
-    comm = comm or make_comm(run.workers, run.timeout)
+    comm = comm or make_comm(run.workers, run.timeout, resolve_device(run.device, in_job()))
     down = make_compressor(run.downlink, "downlink")
     ctx = Context(problem=problem, comm=comm, compressor=make_compressor(run.compressor), seed=run.seed,
                   clients=Clients(**run.clients.model_dump()),
-                  downlink=None if down.kind == "exact" else down, rounds=run.rounds)
+                  downlink=None if down.kind == "exact" else down, rounds=run.rounds,
+                  worker_chunk=run.worker_chunk)
     algorithm = ALGORITHMS.get(run.algorithm["name"]).build(ctx, res.algorithm)
+    check_clients(ctx.clients, algorithm.client_settings, run.algorithm["name"])
     return algorithm, comm
 
 
@@ -140,12 +147,17 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
     A new run refuses a folder that holds a run, unless ``overwrite`` (folders.py)."""
     torch.manual_seed(res.run.seed)
     importlib.import_module("torch._dynamo")  # torch.func loads it on first use (seconds): not in wall_s
-    algorithm, comm = build(res, problem, comm)
+    device = resolve_device(res.run.device, in_job())
+    to_device(problem, device)
+    with default_device(device):
+        check_problem(problem, res.run)
+        algorithm, comm = build(res, problem, comm)
+    reuse_freed_memory()  # large per-worker tensors: reuse freed blocks instead of page-faulting anew
     out = Path(out) if out is not None else None
     before = torch.get_num_threads()
     torch.set_num_threads(threads_for(res.run, problem, before))
     try:
-        with checkpoint.claim(out, comm.rank):  # no second process writes this folder meanwhile
+        with checkpoint.claim(out, comm.rank), default_device(device):  # no second process writes this folder
             if out is not None and not resume:
                 folders.agree_fresh(out, overwrite, comm)
             return _loop(res, problem, algorithm, comm, out, progress, resume)
@@ -170,6 +182,7 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
           progress: bool, resume: bool) -> Result:
     run: RunConfig = res.run
     state = algorithm.init()
+    control = stopping.RunControl(run.until, run.diverge_factor, algorithm.point(state), comm)
     rows: list[dict[str, Any]] = []
     train_s, start = 0.0, 0
     config = {**res.as_dict(), "task_info": problem.describe()}
@@ -188,7 +201,7 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
     def evaluate(t: int) -> dict[str, Any]:
         x, y = algorithm.point(state)
         row = {"round": t, **comm.stats.as_dict(), "wall_s": round(train_s, 6),
-               **problem.evaluate(x, y), **algorithm.metrics(state)}
+               **metric_row(problem.evaluate(x, y)), **algorithm.metrics(state)}
         files.append_row(row)  # first: a row that could not be written is not in the summary either
         rows.append(row)
         return row
@@ -198,21 +211,24 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
     bar = tqdm(total=run.rounds, initial=start, disable=not show, leave=False,
                desc=f"{run.algorithm['name']}", unit="round")
     try:
-        if ck is None:
-            evaluate(0)
-        for t in range(start, run.rounds):
+        reached = control.after_eval(evaluate(0), rows[0]) if ck is None else False
+        for t in range(start, start if reached else run.rounds):
             tic = time.perf_counter()
             state = algorithm.step(state, t)
             train_s += time.perf_counter() - tic
             check_finite(state, t + 1, comm)  # before any output: a diverged state is never saved
+            control.after_step(algorithm.point(state), t + 1)  # grown far past the start: diverged
             if (t + 1) % run.eval_every == 0 or t + 1 == run.rounds:
                 row = evaluate(t + 1)
+                reached = control.after_eval(row, rows[0])  # True: the target `until` is met
                 bar.set_postfix(upper_loss=f"{row['upper_loss']:.4g}", refresh=False)
-            if out is not None and checkpoint.due(t + 1, run.checkpoint_every, run.rounds):
+            if out is not None and (reached or checkpoint.due(t + 1, run.checkpoint_every, run.rounds)):
                 checkpoint.save(out, comm.rank, checkpoint.Checkpoint(
                     t + 1, state, comm.stats.as_dict(), train_s, len(rows), config), comm.world_size)
                 saved = t + 1
             bar.update(1)
+            if reached:
+                break
     except DivergenceError as exc:
         status = "diverged"
         raise DivergenceError(f"{exc}; {_kept(out, saved)}") from None
@@ -234,7 +250,10 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
             if status == "completed":
                 raise  # else the error that stopped the run is the one to report
     x, y = algorithm.point(state)
-    return Result(rows, x, y, state, config, files.dir, status, {"resumed_from": start} if resume else {})
+    extra = {"resumed_from": start} if resume else {}
+    if run.until is not None:
+        extra["target"] = stopping.target_info(run.until, rows)
+    return Result(rows, x, y, state, config, files.dir, status, extra)
 
 
 def _kept(out: Path | None, saved: int | None) -> str:
@@ -255,6 +274,9 @@ def resume(out: str | Path, progress: bool = False, problem: Problem | None = No
         raw["workers"] = problem.n_workers
     user_problem = problem
     res, problem = resolve(raw, problem)
+    if res.run.engine == "flower":
+        raise ConfigError("--resume", "a Flower run cannot be resumed (its nodes keep their state in Flower's "
+                          "contexts); start it again")
     if res.run.procs > 1 and comm is None and not in_job():  # each process reads its own shard
         return run_procs(raw, user_problem, Path(out), progress, res.run.procs, res.run.timeout,
                          res.run.workers, resume=True)
@@ -268,9 +290,12 @@ def summary(rows: list[dict[str, Any]], status: str, run: RunConfig) -> dict[str
         vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         if vals:
             best[key] = max(vals)
-    return {"status": status, "final": final, "best": best,
-            "totals": {k: final.get(k) for k in ("round", "bits_up", "bits_down", "comm_rounds", "wall_s")},
-            "rounds_planned": run.rounds}
+    out = {"status": status, "final": final, "best": best,
+           "totals": {k: final.get(k) for k in ("round", "bits_up", "bits_down", "comm_rounds", "wall_s")},
+           "rounds_planned": run.rounds}
+    if run.until is not None:  # the target: reached or not, at which round, with which bits
+        out["target"] = stopping.target_info(run.until, rows)
+    return out
 
 
 def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba", *,
@@ -289,14 +314,17 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
     raw: dict[str, Any] = {"algorithm": algorithm, **top}
     if problem is None:
         raw["task"] = task
-    else:
-        raw["workers"] = problem.n_workers
-        raw["dtype"] = "float64" if problem.dtype == torch.float64 else "float32"
     for item in overrides or []:
         apply_set(raw, item)
+    if problem is not None:
+        user_settings(problem, raw)  # workers / dtype / task.* it would ignore: one-line errors
     user_problem = problem
     res, problem = resolve(raw, problem)
     out = Path(out) if out is not None else None
+    if res.run.engine == "flower" and comm is None:  # Flower apps (flower/)
+        from .flower import run_flower
+
+        return run_flower(raw, out, progress, user_problem)
     if res.run.procs > 1 and comm is None and not in_job():  # start the processes (launch.py)
         if out is not None:
             folders.prepare_locked(out, overwrite)

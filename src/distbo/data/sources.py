@@ -6,7 +6,10 @@ A dataset spec is one of
   ``idx:PATH``  MNIST / Fashion-MNIST in the standard IDX format in folder PATH:
                 ``train-images-idx3-ubyte[.gz]`` and ``train-labels-idx1-ubyte[.gz]``, plus
                 optionally the test files ``t10k-images-idx3-ubyte[.gz]`` / ``t10k-labels-idx1-ubyte[.gz]``
-                (a ``.`` in place of the last ``-`` is accepted too: ``train-images.idx3-ubyte``).
+                (a ``.`` in place of the last ``-`` is accepted too: ``train-images.idx3-ubyte``);
+  ``cifar10:PATH`` CIFAR-10 in its python-pickle folder PATH (``cifar-10-batches-py``):
+                ``data_batch_1`` .. ``data_batch_5`` (the ones present) and ``test_batch``; images
+                are 3 x 32 x 32, flattened channel-major as the files store them.
 Nothing is ever downloaded. Pixels are returned as float32 in [0, 1] (flattened), labels as int64.
 IDX files are checked before use (magic number, header, sizes; labels one-dimensional integers
 0..K-1 with every class present in the training set, images as many as labels): a bad file is a
@@ -17,6 +20,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import pickle
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 BUILTIN = ("mnist5k", "digits")
-ALLOWED = "mnist5k, digits, idx:PATH (a folder with train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz])"
+ALLOWED = ("mnist5k, digits, idx:PATH (a folder with train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]), "
+           "cifar10:PATH (a folder with data_batch_1..5 and test_batch)")
 
 # IDX type codes (the third magic byte) -> big-endian numpy dtype
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -56,6 +61,9 @@ def check_spec(spec: str) -> str:
         return spec
     if spec.startswith("idx:"):
         _idx_files(Path(spec[4:]).expanduser())
+        return spec
+    if spec.startswith("cifar10:"):
+        _cifar_files(Path(spec[8:]).expanduser())
         return spec
     raise ValueError(f"unknown dataset '{spec}'; allowed: {ALLOWED}")
 
@@ -160,6 +168,63 @@ def _load_idx(folder: Path) -> Source:
     return Source(f"idx:{folder}", x, y, tuple(shape), tx, ty)
 
 
+# ----- CIFAR-10 (python version) -----
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+def _cifar_files(folder: Path) -> tuple[list[Path], Path | None]:
+    """(the training batches present, the test batch or None); ValueError if there is no training batch."""
+    if not str(folder) or not folder.is_dir():
+        raise ValueError(f"cifar10:{folder}: no such folder; expected the python-version folder with "
+                         "data_batch_1..5 and test_batch")
+    train = [folder / n for n in CIFAR_TRAIN if (folder / n).is_file()]
+    if not train:
+        raise ValueError(f"cifar10:{folder}: no data_batch_1..5 file in the folder")
+    test = folder / "test_batch"
+    return train, test if test.is_file() else None
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batch dicts only: builtins and numpy arrays, no other class or function."""
+
+    SAFE = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.SAFE:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"'{module}.{name}' is not allowed in a CIFAR-10 batch file")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 batch file: (uint8 images [N, 3072] channel-major, int64 labels [N])."""
+    try:
+        with open(path, "rb") as fh:
+            batch = _ArrayUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+    get = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()} if isinstance(batch, dict) else {}
+    if "data" not in get or "labels" not in get:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (expected 'data' and 'labels' entries)")
+    data, labels = np.asarray(get["data"]), np.asarray(get["labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise ValueError(f"{path}: expected data [N, 3072] and N labels, got {data.shape} and {labels.shape}")
+    return data, labels
+
+
+def _load_cifar10(folder: Path) -> Source:
+    train, test = _cifar_files(folder)
+    parts = [read_cifar_batch(p) for p in train]
+    x = np.concatenate([d for d, _ in parts]).astype(np.float32) / 255.0
+    y = np.concatenate([l for _, l in parts])
+    tx = ty = None
+    if test is not None:
+        td, ty = read_cifar_batch(test)
+        tx = td.astype(np.float32) / 255.0
+    return Source(f"cifar10:{folder}", x, y, (3, 32, 32), tx, ty)
+
+
 def _package_csv(package: str, relative: str) -> np.ndarray:
     """A gzip CSV table shipped inside an installed package, found without importing the package
     (importing scikit-learn alone takes seconds); rows are samples, the last column the label."""
@@ -198,4 +263,6 @@ def _load_source(spec: str) -> Source:
         return _load_mnist5k()
     if spec == "digits":
         return _load_digits()
+    if spec.startswith("cifar10:"):
+        return _load_cifar10(Path(spec[8:]).expanduser())
     return _load_idx(Path(spec[4:]).expanduser())
