@@ -1,7 +1,9 @@
 """Property: whatever TOML document and --set values a user gives, loading and checking the
 configuration either succeeds or raises ConfigError (one line) — never anything else."""
+import atexit
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,6 +58,7 @@ set_items = st.builds(lambda k, v: f"{k}={toml_value(v)}", st.lists(keys, min_si
                       values)  # a key of random text may hold '=', '.', or be empty
 toml = documents.map(toml_document)
 FOLDER = Path(tempfile.mkdtemp(prefix="distbo-fuzz-"))
+atexit.register(shutil.rmtree, FOLDER, True)
 
 
 def load_and_check(source, sets) -> None:
