@@ -94,7 +94,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         try:
             result = launch.run_procs(raw, None, out, not a.quiet, res.run.procs, res.run.timeout, res.run.workers)
         except launch.LaunchError as exc:
-            sys.stderr.write(f"distbo: error: {exc}\n")
+            sys.stderr.write(f"distbo: error: {one_line(exc)}\n")
             return exc.code
     else:
         result = execute(res, problem, out, progress=not a.quiet, overwrite=a.overwrite)
@@ -227,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_as_interrupt():
             return a.fn(a)
     except DivergenceError as exc:
-        sys.stderr.write(f"distbo: error: {exc}\n")
+        sys.stderr.write(f"distbo: error: {one_line(exc)}\n")
         return EXIT_DIVERGED
     except DistboError as exc:
-        sys.stderr.write(f"distbo: error: {exc}\n")
+        sys.stderr.write(f"distbo: error: {one_line(exc)}\n")
         return getattr(exc, "exit_code", EXIT_INPUT)
     except KeyboardInterrupt as exc:
         sys.stderr.write(f"distbo: {'stopped by SIGTERM' if isinstance(exc, Terminated) else 'interrupted'}\n")
@@ -239,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         sys.stderr.write(f"distbo: error: {where}{exc.strerror or exc}\n")
         return EXIT_OS
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (a newline in a value the user typed is shown as \\n)."""
+    return str(exc).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class Terminated(KeyboardInterrupt):

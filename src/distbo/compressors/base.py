@@ -134,8 +134,7 @@ def check_sizes(comp: Compressor, dims: tuple[int, ...], field: str = "compresso
             try:
                 resolve_k(comp.k_arg, d, field)
             except ConfigError as exc:
-                raise ConfigError(field, f"{comp.spec}: {exc.message} (this problem sends vectors of "
-                                  f"{' and '.join(map(str, sorted(set(dims))))} values)") from None
+                raise ConfigError(field, f"{comp.spec}: {exc.message}") from None
 
 
 def make_compressor(spec: str, field: str = "compressor") -> Compressor:
