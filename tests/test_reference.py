@@ -44,8 +44,8 @@ def test_what_an_algorithm_accepts_is_found_by_building_it():
     ok = reference.accepts("c-soba")  # C-SOBA averages compressed directions: unbiased ones only
     assert ok["exact"] and ok["unbiased"] and not ok["contractive"]
     assert all(reference.accepts("ef-soba")[k] for k in reference.PROBES)
-    assert reference.accepts("rabo")["clients.fraction < 1"] is False  # RABO uses every client
-    assert reference.accepts("aggitd")["compressed downlink"] is False
+    assert reference.accepts("soba")["clients.fraction < 1"] is False  # SOBA refuses what it would ignore
+    assert reference.accepts("aggitd")["clients.resources < 1"] is False  # no sub-models in AggITD
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -196,7 +196,7 @@ def describe(name: str) -> str:
 
 def markdown() -> str:
     """The full configuration reference (docs/reference.md)."""
-    from .config import ClientsConfig, RunConfig
+    from .config import RunConfig
     from .tables import to_markdown
 
     regs = _registries()
@@ -207,9 +207,11 @@ def markdown() -> str:
            "A run is configured by a TOML file (`distbo run CONFIG.toml`), command-line flags, `--set KEY=VALUE`",
            "with a dotted key (`--set algorithm.alpha=0.05`) or the keywords of `distbo.run(...)`. A value that",
            "is out of range or of the wrong type, or an unknown key, is a one-line error naming the key.", "",
-           "## Top-level keys", "", table(HEADER, field_rows(RunConfig)),
-           "## `[clients]`", "", table(HEADER, field_rows(ClientsConfig, "clients.")),
-           "## Tasks", "", "`[task]` with `name = \"...\"` and the task's parameters.", ""]
+           "## Top-level keys", "", table(HEADER, field_rows(RunConfig))]
+    for key, info in RunConfig.model_fields.items():  # sections with a schema of their own: [clients], ...
+        if isinstance(info.annotation, type) and issubclass(info.annotation, Params):
+            out += [f"## `[{key}]`", "", table(HEADER, field_rows(info.annotation, f"{key}."))]
+    out += ["## Tasks", "", "`[task]` with `name = \"...\"` and the task's parameters.", ""]
     for e in regs["task"].entries():
         out += [f"### `{e.name}`", "", e.summary, "", table(HEADER, field_rows(e.params, "task."))]
     out += ["## Algorithms", "", "`[algorithm]` with `name = \"...\"` and its hyper-parameters. A task may "

@@ -135,7 +135,8 @@ def _run(raw: dict[str, Any], problem, out: Path | None):
 
     rest = {k: v for k, v in raw.items() if k not in ("task", "algorithm")}
     task = problem if problem is not None else raw.get("task", DEFAULT_NAMES["task"])
-    return run(task, raw.get("algorithm", DEFAULT_NAMES["algorithm"]), out=out, **rest)
+    # a trial's folder belongs to tune: a second tune into the same DIR replaces it
+    return run(task, raw.get("algorithm", DEFAULT_NAMES["algorithm"]), out=out, overwrite=out is not None, **rest)
 
 
 def _candidates(resolved: dict[str, Any], raw: dict[str, Any], scales, thetas) -> list[Candidate]:
