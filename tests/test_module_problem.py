@@ -188,3 +188,15 @@ def test_device_cpu_is_bit_identical_and_cuda_is_one_line(capsys):
     code = main(["run", "--task", "quadratic", "--rounds", "1", "--set", 'device="cuda:1"', "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "device" in err[0]
+
+
+def test_gpu_benchmark_skips_cleanly_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: run benchmarks/gpu.py itself")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "skipped" in out.stdout and "no CUDA" in out.stdout

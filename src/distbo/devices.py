@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from .errors import ConfigError
 
@@ -63,7 +64,8 @@ def _move(obj: Any, device: torch.device, seen: set[int]) -> Any:
         seen.add(id(obj))
         changes = {f.name: _move(getattr(obj, f.name), device, seen) for f in dataclasses.fields(obj)}
         return dataclasses.replace(obj, **changes) if changes else obj
-    if hasattr(obj, "__dict__") and type(obj).__module__.startswith("distbo"):
+    if (hasattr(obj, "__dict__") and type(obj).__module__.startswith("distbo")
+            and not isinstance(obj, BaseModel)):  # settings (frozen pydantic models) hold no tensors
         seen.add(id(obj))
         for k, v in list(vars(obj).items()):
             setattr(obj, k, _move(v, device, seen))
