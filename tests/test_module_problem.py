@@ -91,6 +91,12 @@ def test_equals_hand_written_hyperrep(model):
         for k in ("upper_loss", "test_loss", "test_acc", "bits_up"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-10, abs=1e-12), k
     assert torch.allclose(a.x, b.x, rtol=0, atol=1e-12) and torch.allclose(a.y, b.y, rtol=0, atol=1e-12)
+    if model == "mlp":  # pruned clients compute with the same sliced sub-networks
+        run = dict(algorithm={"name": "rafbo", **STEPS, "local_steps": 2}, clients={"resources": [1, 0.5]},
+                   rounds=3, eval_every=3)
+        a, b = distbo.run(mp, **run), distbo.run(rep, **run)
+        assert a.metrics[-1]["upper_loss"] == pytest.approx(b.metrics[-1]["upper_loss"], rel=1e-10)
+        assert torch.allclose(a.x, b.x, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("algorithm,extra", [("soba", {}), ("ef-soba", {"compressor": "topk:0.2"}),

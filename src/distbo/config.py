@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
+from .devices import ALLOWED as DEVICES, is_device_spec
 from .errors import ConfigError
 from .registry import Params, validate
 
@@ -62,9 +63,9 @@ class RunConfig(Params):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()):
+        if is_device_spec(v):
             return v
-        raise ValueError(f"unknown device '{v}'; allowed: cpu, cuda, cuda:N, auto")
+        raise ValueError(f"unknown device '{v}'; allowed: {DEVICES}")
 
     @field_validator("task", "algorithm", mode="before")
     @classmethod

@@ -29,6 +29,10 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def is_device_spec(spec: str) -> bool:
+    return spec in ("cpu", "cuda", "auto") or (spec.startswith("cuda:") and spec[5:].isdigit())
+
+
 def resolve_device(spec: str, in_job: bool = False) -> torch.device:
     """The torch.device of a ``device`` setting (``in_job``: one GPU per local rank)."""
     if spec == "cpu":
@@ -36,7 +40,7 @@ def resolve_device(spec: str, in_job: bool = False) -> torch.device:
     count = _cuda_count()
     if spec == "auto" and count == 0:
         return torch.device("cpu")
-    if spec not in ("auto", "cuda") and not (spec.startswith("cuda:") and spec[5:].isdigit()):
+    if not is_device_spec(spec):
         raise ConfigError("device", f"unknown device '{spec}'; allowed: {ALLOWED}")
     if count == 0:
         raise ConfigError("device", f"'{spec}' asks for CUDA but torch sees no CUDA GPU on this machine "

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from .comm.base import Communicator
 from .comm.simulated import SimulatedComm
 from .comm.torch_dist import CollectiveError, TorchDistComm, short_error, backend_for
+from .devices import resolve_device
 from .errors import ConfigError, DistboError, DivergenceError
 
 ENV_INIT = "DISTBO_INIT_METHOD"
@@ -117,8 +118,6 @@ def run_procs(raw: dict[str, Any], problem, out: Path | None, progress: bool, pr
         raise ConfigError("procs", f"{procs} processes cannot share {workers} workers evenly; "
                           f"use a number of processes that divides {workers}")
     out = Path(out).absolute() if out is not None else None
-    from .devices import resolve_device
-
     device = resolve_device(str(raw.get("device", "cpu"))).type
     value = spawn(_run_rank, (raw, problem, out, progress, resume), procs, timeout, {ENV_DEVICE: device})[0]
     extra = {**value.pop("extra", {}), "procs": procs}
