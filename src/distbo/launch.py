@@ -96,7 +96,10 @@ def init_group(timeout: float, device: str = "cpu") -> None:
         raise RuntimeError("not inside a distributed job: RANK and WORLD_SIZE are not set")
     r, world = env
     torch.set_num_threads(threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    dist.init_process_group(backend_for(os.environ.get(ENV_DEVICE, device)), init_method=os.environ.get(ENV_INIT, "env://"), rank=r,
+    backend = backend_for(os.environ.get(ENV_DEVICE, device))
+    if backend == "nccl":  # this process's GPU before any collective (devices.py: cuda:LOCAL_RANK)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=os.environ.get(ENV_INIT, "env://"), rank=r,
                             world_size=world, timeout=datetime.timedelta(seconds=timeout))
 
 
