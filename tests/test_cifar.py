@@ -40,7 +40,7 @@ def test_bad_folders_are_one_line(tmp_path):
     (tmp_path / "evil").mkdir()
     with open(tmp_path / "evil" / "data_batch_1", "wb") as fh:
         pickle.dump({b"data": distbo.Problem}, fh)  # a class reference: refused, never imported
-    with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
+    with pytest.raises(distbo.ConfigError, match="not a CIFAR-10 python batch"):
         load_source(f"cifar10:{tmp_path / 'evil'}")
 
 

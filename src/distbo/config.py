@@ -12,17 +12,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, field_validator
 
-from .devices import ALLOWED as DEVICES, is_device_spec
+from . import safeio
 from .errors import ConfigError
 from .registry import Params, validate
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+def __getattr__(name: str) -> Any:
+    """``DTYPES`` (name -> torch dtype) is made on first use: checking a configuration needs no torch."""
+    if name == "DTYPES":
+        import torch
+
+        return {"float32": torch.float32, "float64": torch.float64}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 DEFAULT_NAMES = {"task": "quadratic", "algorithm": "soba"}
+DEVICES = "cpu, cuda, cuda:N, auto"
+
+
+def is_device_spec(spec: str) -> bool:
+    """A well-formed ``device`` setting (whether CUDA is there is checked by devices.resolve_device)."""
+    return spec in ("cpu", "cuda", "auto") or (spec.startswith("cuda:") and spec[5:].isdigit())
 
 
 class ClientsConfig(Params):
@@ -39,6 +51,14 @@ class ClientsConfig(Params):
         return v
 
 
+class FlowerConfig(Params):
+    nodes: int | None = Field(None, gt=0, description="Flower nodes (ClientApps), each hosting a block of "
+                              "workers (unset: one worker per node)")
+    runtime: Literal["inprocess", "deployment"] = Field(
+        "inprocess", description="inprocess: the Flower apps driven in this process; deployment: a SuperLink and "
+        "SuperNodes on 127.0.0.1 with flwr run (docs/flower.md)")
+
+
 class RunConfig(Params):
     task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"})
     algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"})
@@ -48,7 +68,7 @@ class RunConfig(Params):
     rounds: int = Field(1000, ge=0, description="outer iterations")
     eval_every: int = Field(10, gt=0, description="evaluate every k rounds")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every k rounds (0: only at the end)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (distbo.rng keys are 32-bit)")
     procs: int = Field(1, gt=0, description="processes on this machine")
     timeout: float = Field(30.0, gt=0, description="seconds a multi-process run waits for a silent process "
                            "before it fails")
@@ -59,6 +79,14 @@ class RunConfig(Params):
     worker_chunk: int | None = Field(None, ge=1, description="evaluate the oracles this many workers at a "
                                      "time (memory O(chunk d) instead of O(workers d)); unset: all at once")
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    engine: Literal["sim", "flower"] = Field("sim", description="sim: the simulator (or torch.distributed with "
+                                             "procs > 1); flower: Flower apps, one round trip per exchange")
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
+    until: str | None = Field(None, description="stop at the first evaluation that meets FIELD<=VALUE or "
+                              "FIELD>=VALUE, e.g. hypergrad_norm<=1e-3 (unset: run every round)")
+    diverge_factor: float | None = Field(1e4, ge=0, description="stop as diverged when ||x||, ||y||, "
+                                         "upper_loss or hypergrad_norm grows past this factor times its start "
+                                         "(floors: sqrt(d) for norms, 1 for metrics); 0 or unset: off")
 
     @field_validator("device")
     @classmethod
@@ -78,13 +106,22 @@ class RunConfig(Params):
                 raise ValueError("'name' must be a string")
         return v
 
+    @field_validator("until")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        from .stopping import parse_until
+
+        if v is not None:
+            parse_until(v)
+        return v
+
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("config", f"file not found: {p}")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(safeio.read_text(p, "config"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{p} is not valid TOML: {exc}") from None
 

@@ -20,17 +20,12 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from .config import DEVICES as ALLOWED, is_device_spec
 from .errors import ConfigError
-
-ALLOWED = "cpu, cuda, cuda:N, auto"
 
 
 def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def is_device_spec(spec: str) -> bool:
-    return spec in ("cpu", "cuda", "auto") or (spec.startswith("cuda:") and spec[5:].isdigit())
 
 
 def resolve_device(spec: str, in_job: bool = False) -> torch.device:

@@ -18,6 +18,7 @@ from pydantic import Field
 from .. import rng
 from ..comm.base import Communicator
 from ..compressors.base import Compressor
+from ..errors import ConfigError
 from ..oracles import Oracles
 from ..problems.base import Problem
 from ..registry import Params, Registry
@@ -60,6 +61,18 @@ class StepSizes(Params):
     radius: float | None = Field(None, gt=0, description="project v onto ||v|| <= radius (off if unset)")
 
 
+def check_clients(clients: Clients, uses: tuple[str, ...], algorithm: str) -> None:
+    """Refuse ``clients`` settings (away from their defaults) that the algorithm would ignore."""
+    default = Clients()
+    for name in ("fraction", "resources", "policy"):
+        if name not in uses and getattr(clients, name) != getattr(default, name):
+            users = {"fraction": "aggitd, fednest, lfednest, rabo, rafbo", "resources": "rabo, rafbo",
+                     "policy": "rabo, rafbo"}[name]
+            raise ConfigError(f"clients.{name}", f"{algorithm} does not use it and would ignore "
+                              f"{getattr(clients, name)!r}; allowed: {getattr(default, name)!r} "
+                              f"(algorithms that use it: {users})")
+
+
 def schedule_factor(schedule: str, t: int) -> float:
     """Multiplier of the base step sizes at round t (0-based)."""
     return 1.0 if schedule == "constant" else 1.0 / (t + 1) ** 0.5
@@ -75,6 +88,8 @@ def project_ball(v: Tensor, radius: float | None) -> Tensor:
 
 class Algorithm(ABC):
     Hyper: ClassVar[type[Params]] = Params
+    #: the ``clients`` settings this algorithm uses; setting another one is refused (``check_clients``)
+    client_settings: ClassVar[tuple[str, ...]] = ()
     #: names of the hyper-parameters a task's ``defaults`` may fill in
     name: str = ""
 

@@ -11,6 +11,9 @@ A dataset spec is one of
                 ``data_batch_1`` .. ``data_batch_5`` (the ones present) and ``test_batch``; images
                 are 3 x 32 x 32, flattened channel-major as the files store them.
 Nothing is ever downloaded. Pixels are returned as float32 in [0, 1] (flattened), labels as int64.
+IDX files are checked before use (magic number, header, sizes; labels one-dimensional integers
+0..K-1 with every class present in the training set, images as many as labels): a bad file is a
+one-line error naming it and what was expected.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import gzip
 import importlib.util
 import io
 import pickle
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -87,22 +91,61 @@ def _idx_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        what = "a broken .gz file" if path.suffix == ".gz" or isinstance(exc, (EOFError, zlib.error)) else "unreadable"
+        raise ValueError(f"{path}: {what} ({getattr(exc, 'strerror', None) or exc})") from None
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """One IDX file (plain or gzip-compressed) as a numpy array of its stored shape."""
     path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    raw = _read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+        raise ValueError(f"{path}: not an IDX file (bad magic number; expected 00 00, a type code in "
+                         f"{', '.join(f'{t:#04x}' for t in _IDX_TYPES)}, then the number of dimensions)")
     ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, offset=4))
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    count = int(np.prod(dims)) if dims else 1
     body = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < body:
+        raise ValueError(f"{path}: the IDX header announces {ndim} dimensions but the file has "
+                         f"{len(raw)} bytes (the header alone needs {body})")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, offset=4))
+    if any(d < 0 for d in dims):
+        raise ValueError(f"{path}: the IDX header has a negative size {dims}")
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    count = int(np.prod(dims, dtype=object))
     if len(raw) - body != count * dtype.itemsize:
-        raise ValueError(f"{path}: IDX header says {dims} but the file holds {len(raw) - body} data bytes")
+        raise ValueError(f"{path}: the IDX header says {dims} ({count * dtype.itemsize} data bytes) but the file "
+                         f"holds {len(raw) - body} (truncated or not this format)")
     return np.frombuffer(raw, dtype, count, offset=body).reshape(dims)
+
+
+def _check_pair(img: np.ndarray, lab: np.ndarray, files: tuple[Path, Path]) -> None:
+    """Images [N, ...] with N >= 1, labels [N] non-negative integers."""
+    if img.ndim < 2 or img.shape[0] == 0:
+        raise ValueError(f"{files[0]}: expected images of shape [N >= 1, height, width], got {img.shape}")
+    if lab.ndim != 1:
+        raise ValueError(f"{files[1]}: expected one label per image (shape [N]), got shape {lab.shape}")
+    if lab.dtype.kind not in "iu":
+        raise ValueError(f"{files[1]}: expected integer labels, got {lab.dtype}")
+    if img.shape[0] != lab.shape[0]:
+        raise ValueError(f"{files[0]} holds {img.shape[0]} images but {files[1]} holds {lab.shape[0]} labels")
+    if lab.min() < 0:
+        raise ValueError(f"{files[1]}: labels must be 0..K-1, got {int(lab.min())}")
+
+
+def _check_classes(train: np.ndarray, test: np.ndarray | None, files: dict[str, Path]) -> None:
+    """Training labels must be exactly the classes 0..K-1 (each present); test labels below K."""
+    k = int(train.max()) + 1
+    missing = np.setdiff1d(np.arange(k), train)
+    if missing.size:
+        raise ValueError(f"{files['train_labels']}: labels must be 0..K-1 with every class present; the largest "
+                         f"is {k - 1} but {missing.size} of those classes never appear (e.g. {int(missing[0])})")
+    if test is not None and test.size and int(test.max()) >= k:
+        raise ValueError(f"{files['test_labels']}: label {int(test.max())} is not a training class (0..{k - 1})")
 
 
 def _pixels(images: np.ndarray) -> np.ndarray:
@@ -117,11 +160,11 @@ def _load_idx(folder: Path) -> Source:
     for split in ("train", "test"):
         if f"{split}_images" in files:
             img, lab = read_idx(files[f"{split}_images"]), read_idx(files[f"{split}_labels"])
-            if img.shape[0] != lab.shape[0]:
-                raise ValueError(f"idx:{folder}: {img.shape[0]} {split} images but {lab.shape[0]} labels")
+            _check_pair(img, lab, (files[f"{split}_images"], files[f"{split}_labels"]))
             out[split] = (_pixels(img), lab.astype(np.int64), img.shape[1:])
     x, y, shape = out["train"]
     tx, ty, _ = out.get("test", (None, None, None))
+    _check_classes(y, ty, files)
     return Source(f"idx:{folder}", x, y, tuple(shape), tx, ty)
 
 
@@ -202,9 +245,19 @@ def _load_digits() -> Source:
     return Source("digits", table[:, :-1] / 16.0, table[:, -1].astype(np.int64), (8, 8))
 
 
-@lru_cache(maxsize=4)
 def load_source(spec: str) -> Source:
-    """Read a dataset by spec (cached; treat the arrays as read-only)."""
+    """Read a dataset by spec (cached; treat the arrays as read-only); a missing or malformed file
+    is a one-line ConfigError on ``task.dataset``."""
+    from ..errors import ConfigError
+
+    try:
+        return _load_source(spec)
+    except ValueError as exc:
+        raise ConfigError("task.dataset", str(exc)) from None
+
+
+@lru_cache(maxsize=4)
+def _load_source(spec: str) -> Source:
     check_spec(spec)
     if spec == "mnist5k":
         return _load_mnist5k()
