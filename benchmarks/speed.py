@@ -12,7 +12,8 @@ timers around the library's own functions).
 
     python benchmarks/speed.py              # full table (about 10 minutes on 2 cores)
     python benchmarks/speed.py --quick      # 10 workers only
-    python benchmarks/speed.py --memory     # peak memory growth of 3 rounds, a fresh process per case
+    python benchmarks/speed.py --memory     # peak memory, a fresh process per case (see memory_table)
+    python benchmarks/speed.py --memory --tasks cnn --algorithms soba --workers 100,1000 --chunk 50
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ CASES = {  # algorithm -> (overrides, label)
 TASKS = {
     "quadratic": ["task.d_x=100", "task.d_y=200"],
     "hyperrep": ["task.dataset=\"mnist5k\"", "task.batch_size=32"],
+    # conv layers as x (1.27M parameters, most in the last 3x3 convolution on 3x3 maps), head as y
+    "cnn": ["task.dataset=\"mnist5k\"", "task.model=\"cnn\"", "task.channels=[32, 64, 128, 1024]",
+            "task.batch_size=2"],
 }
 
 
@@ -124,11 +128,12 @@ def timed_library(timers: Timers):
         yield
 
 
-def make(task: str, workers: int, algorithm: str):
-    raw = {"task": {"name": task}, "algorithm": {"name": algorithm}, "workers": workers, "rounds": 10}
+def make(task: str, workers: int, algorithm: str, extra: tuple[str, ...] = ()):
+    raw = {"task": {"name": "hyperrep" if task == "cnn" else task}, "algorithm": {"name": algorithm},
+           "workers": workers, "rounds": 10}
     from distbo.config import apply_set
 
-    for item in TASKS[task] + CASES[algorithm][0]:
+    for item in TASKS[task] + CASES[algorithm][0] + list(extra):
         apply_set(raw, item)
     res, problem = resolve(raw)
     alg, _ = build(res, problem)
@@ -148,24 +153,34 @@ def time_steps(alg, steps: int, timers: Timers | None = None) -> float:
         return (time.perf_counter() - start) / steps
 
 
-def peak_memory(task: str, n: int, name: str) -> float:
-    """MB the process's peak RSS grows by while 3 distbo rounds run (a fresh process per case)."""
+def peak_memory(task: str, n: int, name: str, chunk: int | None, rounds: int) -> tuple[float, float, int]:
+    """(peak RSS MB of a fresh process that builds the case and runs ``rounds`` rounds, how much of
+    it the rounds added, d_x). One torch thread; ``chunk``: the worker_chunk setting."""
+    extra = ("threads=1",) + ((f"worker_chunk={chunk}",) if chunk else ())
     code = ("import resource, sys; sys.path.insert(0, 'benchmarks'); import torch; from speed import make;"
-            f"alg = make({task!r}, {n}, {name!r}); s = alg.init();"
+            f"alg = make({task!r}, {n}, {name!r}, {extra!r}); torch.set_num_threads(1); s = alg.init();"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-            "[s := alg.step(s, t) for t in range(3)];"
-            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
+            f"[s := alg.step(s, t) for t in range({rounds})];"
+            "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            "print(peak / 1024, (peak - base) / 1024, alg.problem.d_x)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    peak, grown, d_x = out.stdout.strip().splitlines()[-1].split()
+    return float(peak), float(grown), int(d_x)
 
 
-def memory_table(tasks: list[str], workers: list[int], algorithms: list[str]) -> None:
-    print("| task | algorithm | " + " | ".join(f"peak MB, {n} workers" for n in workers) + " |")
-    print("|---|---|" + "---:|" * len(workers))
+def memory_table(tasks: list[str], workers: list[int], algorithms: list[str], chunk: int | None,
+                 rounds: int) -> None:
+    """Peak RSS per case (task x algorithm x workers, unchunked and with ``worker_chunk``)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M')} UTC, torch {torch.__version__}, 1 thread, {rounds} round(s) per case")
+    print("| task | d_x | algorithm | workers | worker_chunk | peak RSS MB | added by the rounds MB |")
+    print("|---|---:|---|---:|---:|---:|---:|")
     for task in tasks:
         for name in algorithms:
-            cells = [f"{peak_memory(task, n, name):.0f}" for n in workers]
-            print(f"| {task} | {CASES[name][1]} | " + " | ".join(cells) + " |", flush=True)
+            for n in workers:
+                for k in ([None, chunk] if chunk else [None]):
+                    peak, grown, d_x = peak_memory(task, n, name, k, rounds)
+                    print(f"| {task} | {d_x:,} | {CASES[name][1]} | {n} | {k or '-'} | {peak:,.0f} | {grown:,.0f} |",
+                          flush=True)
 
 
 def main() -> None:
@@ -175,11 +190,13 @@ def main() -> None:
     ap.add_argument("--tasks", default="quadratic,hyperrep")
     ap.add_argument("--algorithms", default=",".join(CASES))
     ap.add_argument("--workers", default=None)
+    ap.add_argument("--chunk", type=int, default=None, help="--memory: also measure with this worker_chunk")
+    ap.add_argument("--rounds", type=int, default=2, help="--memory: rounds per case")
     a = ap.parse_args()
     torch.set_num_threads(2)
     workers = [int(w) for w in (a.workers or ("10" if a.quick else "10,100")).split(",")]
     if a.memory:
-        return memory_table(a.tasks.split(","), workers, a.algorithms.split(","))
+        return memory_table(a.tasks.split(","), workers, a.algorithms.split(","), a.chunk, a.rounds)
     head = ("task", "workers", "algorithm", "distbo it/s", "loop it/s", "ratio",
             "oracles", "compress", "comm", "bookkeep", "ms/round")
     print("| " + " | ".join(head) + " |")

@@ -29,6 +29,12 @@ def __getattr__(name: str) -> Any:
 
 
 DEFAULT_NAMES = {"task": "quadratic", "algorithm": "soba"}
+DEVICES = "cpu, cuda, cuda:N, auto"
+
+
+def is_device_spec(spec: str) -> bool:
+    """A well-formed ``device`` setting (whether CUDA is there is checked by devices.resolve_device)."""
+    return spec in ("cpu", "cuda", "auto") or (spec.startswith("cuda:") and spec[5:].isdigit())
 
 
 class ClientsConfig(Params):
@@ -89,9 +95,9 @@ class RunConfig(Params):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()):
+        if is_device_spec(v):
             return v
-        raise ValueError(f"unknown device '{v}'; allowed: cpu, cuda, cuda:N, auto")
+        raise ValueError(f"unknown device '{v}'; allowed: {DEVICES}")
 
     @field_validator("task", "algorithm", mode="before")
     @classmethod
