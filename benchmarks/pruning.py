@@ -142,7 +142,6 @@ COMPOSED = [  # label, up-link compressor, down-link compressor, client fraction
     ("+ sign (EF)", "sign", "identity", 1.0),
     ("+ fraction 0.5", "identity", "identity", 0.5),
     ("+ top-K 10% (EF) + fraction 0.5", "topk:0.1", "identity", 0.5),
-    ("+ sign (EF) + fraction 0.5", "sign", "identity", 0.5),
     ("+ top-K 10% (EF) + fraction 0.5 + down top-K 10%", "topk:0.1", "topk:0.1", 0.5),
 ]
 
