@@ -4,6 +4,9 @@ import torch
 
 import distbo
 from distbo import ConfigError
+from distbo import rng
+from distbo.algorithms.base import STREAM_CLIENTS
+from distbo.algorithms.federated import sample_clients
 from distbo.algorithms.soba import soba_directions
 from distbo.algorithms.submodels import Kept, coverage_average
 from distbo.oracles import FiniteDifferenceOracles, Oracles
@@ -227,6 +230,13 @@ def test_two_processes_draw_the_same_masks_as_the_simulator():
 
 
 # --- composition: up-link compressors, down-link compressors, client sampling ---
+def _sampled(alg, t: int, fraction: float) -> list[int]:
+    """Round t's sampled clients, drawn here as the federated methods draw them."""
+    return alg.participants(t).tolist() if alg.sampled else \
+        sample_clients(rng.key(alg.round_key(t), STREAM_CLIENTS), alg.comm.n_workers, fraction,
+                       torch.arange(alg.comm.n_workers))[0].tolist()
+
+
 QUAD_SAME = {"name": "quadratic", "heterogeneity": 0.0, "d_x": 6, "d_y": 10}
 MIXED = ["clients.resources=[1, 0.5, 0.25, 0.125]", 'clients.policy="rolling"']
 
@@ -273,15 +283,13 @@ def test_sampled_coverage_and_c_x_star_on_a_hand_made_case():
     the first half. With half the clients per round, the second half of x is covered by the
     sampled full clients only: C_x* = min over rounds of their number; a round that samples none
     leaves that half unchanged."""
-    from distbo.algorithms.federated import sample_clients
-    from distbo.algorithms.base import STREAM_CLIENTS
-    from distbo import rng
-
     alg, comm, q = _algorithm(task={"name": "quadratic", "d_x": 4, "d_y": 6}, workers=4, dtype="float64", rounds=8,
-                              seed=4, algorithm="rabo", clients={"resources": [1, 0.5], "policy": "static", "fraction": 0.5})
+                              seed=4, algorithm="rabo",
+                              clients={"resources": [1, 0.5], "policy": "static", "fraction": 0.5})
     s, per_round = alg.init(), []
     for t in range(8):
         sampled = sample_clients(rng.key(alg.round_key(t), STREAM_CLIENTS), 4, 0.5, torch.arange(4))[0].tolist()
+        assert sampled == _sampled(alg, t, 0.5)  # RABO samples as the federated methods do
         full = len({0, 2} & set(sampled))
         cov = alg.layout.plan(t, alg.round_key(t), torch.tensor(sampled), torch.tensor(sampled)).coverage
         assert cov["x"].tolist() == [2, 2, full, full] and cov["y"].tolist() == [2] * 3 + [full] * 3
@@ -294,24 +302,17 @@ def test_sampled_coverage_and_c_x_star_on_a_hand_made_case():
     assert set(per_round) == {0, 1, 2}  # this seed has every kind of round
     # 2 clients per round send: bits follow the sampled clients' sub-models
     kept = {0: 4 + 2 * 6, 2: 4 + 2 * 6, 1: 2 + 2 * 3, 3: 2 + 2 * 3}
-    assert comm.stats.bits_up == 64 * sum(kept[w] for t in range(8) for w in
-                                          sample_clients(rng.key(alg.round_key(t), STREAM_CLIENTS), 4, 0.5,
-                                                         torch.arange(4))[0].tolist())
+    assert comm.stats.bits_up == 64 * sum(kept[w] for t in range(8) for w in _sampled(alg, t, 0.5))
 
 
 def test_sampling_that_never_covers_a_coordinate_is_refused_before_the_run():
     """One client of 4 per round: a run whose sampled clients are all half-width never covers the
     second half (the draw is a pure function of the seed, so it is known before the run)."""
-    from distbo.algorithms.federated import sample_clients
-    from distbo.algorithms.base import STREAM_CLIENTS
-    from distbo import rng
-
     clients = {"resources": [1, 0.5], "policy": "static"}
     seen = {}
     for seed in range(8):
         alg, _, _ = _algorithm(task="quadratic", algorithm="rabo", workers=4, seed=seed, clients=clients)
-        picks = [int(sample_clients(rng.key(alg.round_key(t), STREAM_CLIENTS), 4, 0.25, torch.arange(4))[0])
-                 for t in range(2)]
+        picks = [_sampled(alg, t, 0.25)[0] for t in range(2)]
         never = all(p % 2 == 1 for p in picks)  # clients 1 and 3 keep the first half only
         if never in seen:
             continue
