@@ -93,9 +93,9 @@ class RandK(Compressor):
     def decode_sum(self, fields, d):
         return sparse_sum(*self._sparse(fields, d), d)
 
-    def add_to(self, base, fields, d, alpha=1.0):
+    def add_to_(self, base, fields, d, alpha=1.0):
         idx, values = self._sparse(fields, d)
-        return base.clone().scatter_add_(-1, idx, values * alpha)
+        return base.scatter_add_(-1, idx, values * alpha)
 
     def omega(self, d):
         return d / self.k(d) - 1.0
@@ -124,8 +124,8 @@ class TopK(Compressor):
     def decode_sum(self, fields, d):
         return sparse_sum(fields["indices"][0], fields["values"][0], d)
 
-    def add_to(self, base, fields, d, alpha=1.0):
-        return base.clone().scatter_add_(-1, fields["indices"][0], fields["values"][0] * alpha)
+    def add_to_(self, base, fields, d, alpha=1.0):
+        return base.scatter_add_(-1, fields["indices"][0], fields["values"][0] * alpha)
 
     def delta(self, d):
         return self.k(d) / d
