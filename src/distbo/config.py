@@ -75,8 +75,8 @@ class RunConfig(Params):
     procs: int = Field(1, gt=0, description="processes on this machine")
     timeout: float = Field(30.0, gt=0, description="seconds a multi-process run waits for a silent process "
                            "before it fails")
-    threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1 for models "
-                                "under 100k parameters, else the cores per process)")
+    threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1, which is "
+                                "fastest on a shared machine; docs/speed.md)")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the run")
     clients: ClientsConfig = Field(default_factory=ClientsConfig, description="client settings of the federated "
                                    "and pruning methods ([clients] section)")

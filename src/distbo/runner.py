@@ -165,17 +165,13 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
         torch.set_num_threads(before)
 
 
-SMALL_MODEL = 100_000  # parameters (d_x + d_y) below which one thread is fastest
-
-
 def threads_for(run: RunConfig, problem: Problem, available: int) -> int:
-    """Torch threads for this run: ``run.threads`` if set, else 1 for a small model (its ops are too
-    small to split, and idle threads spinning on a busy machine cost up to 40x: measured 0.27 s vs
-    10.9 s for 100 rounds of SOBA on the 60-parameter quadratic beside another job), else all the
-    cores this process has (the launcher gives each process cores // procs)."""
-    if run.threads is not None:
-        return run.threads
-    return 1 if problem.d_x + problem.d_y < SMALL_MODEL else available
+    """Torch threads for this run: ``run.threads`` if set, else 1. Idle threads spin on a shared
+    machine: beside other jobs (2 cores, load ~20) a hyperrep SOBA round took 2.1 s with 1 thread
+    and 6.1 s with 2 at 100 workers, 0.52 s vs 3.65 s at 10 workers, and the 60-parameter
+    quadratic 0.14 s vs 0.26 s (benchmarks/speed.py --thread-policy, docs/speed.md). More threads
+    pay off only on cores you have to yourself: set ``threads`` then."""
+    return run.threads if run.threads is not None else 1
 
 
 def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: Path | None,

@@ -8,6 +8,8 @@ Uplinks (workers -> server, one ``comm.exchange`` each; interface of algorithms/
       m_* += rho mean_i c_*^i.
   rho unset: 1 for a contractive (or exact) C, 1/(1+omega) for an unbiased C (per variable, as
   omega depends on d). The server shift is a function of what workers sent, so it is replicated.
+  The workers' shifts [n, d] are updated in place (one pass instead of a copy per round): the
+  state a round starts from is consumed by it.
 Multi-step compression (the MSC variants) is not an uplink: it is the compressor
 ``compressors.multi_step(C, R)`` fed to either uplink.
 
@@ -90,7 +92,7 @@ class ErrorFeedbackUplink:
         mean_c = comm.exchange(payloads)
         rho = {k: self.shift_step(D[k].shape[-1]) for k in D}
         est = {k: s.server[k] + mean_c[k] for k in D}
-        return Shifts({k: self.c.add_to(s.worker[k], payloads[k].fields, D[k].shape[-1], rho[k]) for k in D},
+        return Shifts({k: self.c.add_to_(s.worker[k], payloads[k].fields, D[k].shape[-1], rho[k]) for k in D},
                       {k: s.server[k] + rho[k] * mean_c[k] for k in D}), est
 
 
