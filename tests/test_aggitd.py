@@ -134,3 +134,36 @@ def test_aggitd_converges_on_quadratic():
                        overrides=["task.d_x=3", "task.d_y=5", f"task.heterogeneity={h}"])
         start, end = r.metrics[0]["hypergrad_norm"], r.metrics[-1]["hypergrad_norm"]
         assert end < 1e-2 * start, (h, start, end)
+
+
+def _down_run(alg, downlink, rounds, hp, overrides=(), **kw):
+    return distbo.run("quadratic", {"name": alg, "alpha": 0.3, **hp}, workers=4, rounds=rounds, eval_every=rounds,
+                      dtype="float64", downlink=downlink, overrides=["task.d_x=3", "task.d_y=5", *overrides], **kw)
+
+
+def test_downlink_at_rate_one_equals_plain_aggitd():
+    """top-K with K = d keeps every coordinate: the clients' copies are the server's values up to
+    rounding, so the run is plain AggITD's (here with client sampling and a compressed up-link too)."""
+    kw = dict(hp={"local_steps": 2, "inner_rounds": 3, "beta": 0.2}, compressor="topk:0.5",
+              overrides=["clients.fraction=0.5"])
+    plain, full = _down_run("aggitd", "identity", 4, **kw), _down_run("aggitd", "topk:1.0", 4, **kw)
+    torch.testing.assert_close(full.x, plain.x, rtol=1e-12, atol=1e-12)
+    for a, b in zip(plain.metrics, full.metrics, strict=True):
+        assert b["hypergrad_norm"] == pytest.approx(a["hypergrad_norm"], rel=1e-10)
+        assert b["bits_up"] == a["bits_up"]
+    # the compressed broadcast reaches all 4 clients (2 sampled): d float64 values + d indices each
+    n, dx, dy, N = 4, 3, 5, 3
+    per_round = n * (dx * (64 + 2) + dy * (64 + 3) * (1 + N + N))  # x, y, y after each forward round, v^r
+    assert full.metrics[-1]["bits_down"] == 4 * per_round
+
+
+def test_lossy_downlink_converges_like_plain():
+    """Every channel (x, y and each per-round vector: q/r, b, hp/k) keeps its copy across outer
+    iterations, so FedNest with top-K 2 of 5 on the down-link follows plain FedNest on identical
+    workers, for less than half the bits."""
+    hp = {"beta": 0.1, "inner_rounds": 2, "local_steps": 2, "neumann_terms": 8, "eta": 0.25}
+    plain, lossy = (_down_run("fednest", d, 20, hp, ["task.heterogeneity=0.0"]) for d in ("identity", "topk:2"))
+    start, end, ref = lossy.metrics[0]["hypergrad_norm"], lossy.metrics[-1]["hypergrad_norm"], \
+        plain.metrics[-1]["hypergrad_norm"]
+    assert end < 0.05 * start and end < 1.05 * ref, (start, end, ref)
+    assert lossy.metrics[-1]["bits_down"] < 0.5 * plain.metrics[-1]["bits_down"]

@@ -102,4 +102,16 @@ def test_bad_resume_is_one_line(capsys, argv, needles):
 
 def test_resume_refuses_other_flags(capsys, tmp_path):
     _one_line(capsys, ["run", "--resume", str(tmp_path), "--rounds", "5", "--set", "seed=1"],
-              ["--resume", "drop --rounds, --set"])
+              ["--resume", "cannot change seed", "only rounds, eval_every, until, timeout, threads"])
+    _one_line(capsys, ["run", "--resume", str(tmp_path), "--workers", "5", "--overwrite"],
+              ["--resume", "drop --workers, --overwrite"])
+
+
+@pytest.mark.parametrize("algorithm,setting", [("soba", "clients.fraction=0.5"), ("ef-soba", "clients.resources=[0.5]"),
+                                               ("aggitd", "clients.policy=\"static\"")])
+def test_client_settings_an_algorithm_would_ignore_are_refused(algorithm, setting):
+    import distbo
+
+    with pytest.raises(distbo.ConfigError) as exc:
+        distbo.run("quadratic", algorithm=algorithm, rounds=1, overrides=[setting])
+    assert exc.value.field == setting.split("=")[0] and "would ignore" in str(exc.value)

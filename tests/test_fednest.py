@@ -118,9 +118,19 @@ def test_fednest_bits_uncompressed_with_client_sampling():
     assert r.metrics[-1]["bits_down"] == R * m * 32 * (dx + dy + 2 * T * dy + dy + N * dy)
 
 
-def test_compressed_downlink_is_refused_in_one_line():
-    with pytest.raises(distbo.ConfigError, match="^downlink: .*allowed: identity"):
-        distbo.run("quadratic", "fednest", rounds=1, downlink="topk:0.5")
+def test_compressed_downlink_counts_payloads_per_channel():
+    """Down-link top-K 2 of d (d_x = 3, d_y = 5): every payload sends 2 values and 2 indices
+    (ceil(log2 d) bits each); (x, y), T x (q, y), b, N x H p, each to all n clients (their copies
+    stay identical although only m = 3 take part)."""
+    n, T, N, R = 6, 2, 3, 2
+    r = distbo.run("quadratic", {"name": "fednest", "inner_rounds": T, "neumann_terms": N}, workers=n,
+                   rounds=R, eval_every=R, downlink="topk:2",
+                   overrides=["task.d_x=3", "task.d_y=5", "clients.fraction=0.5"])
+    px, py = 2 * (32 + 2), 2 * (32 + 3)
+    assert r.metrics[-1]["bits_down"] == R * n * (px + py + py * (2 * T + 1 + N))
+    up = distbo.run("quadratic", {"name": "fednest", "inner_rounds": T, "neumann_terms": N}, workers=n,
+                    rounds=R, eval_every=R, overrides=["task.d_x=3", "task.d_y=5", "clients.fraction=0.5"])
+    assert r.metrics[-1]["bits_up"] == up.metrics[-1]["bits_up"]  # the up-link is untouched
 
 
 def test_fednest_converges_on_quadratic():

@@ -55,7 +55,9 @@ def test_plot_labels_by_algorithm_and_compressor(runs, tmp_path):
     other = tmp_path / "csoba"
     distbo.run(TASK, algorithm="c-soba", compressor="randk:0.5", workers=2, rounds=10, eval_every=5, out=other)
     fig = plot_runs([runs[0], str(other)], "bits_up", "upper_loss")
-    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["soba, identity", "c-soba, randk:0.5"]
+    # every key that differs between the two runs is named, top-level keys first
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == [
+        "soba, identity, dtype=float64, rounds=30, alpha=0.05", "c-soba, randk:0.5, dtype=float32, rounds=10, alpha=0.1"]
 
 
 def test_auto_scales():
@@ -205,7 +207,7 @@ def test_committed_suites_are_valid():
     assert any(p.stem == "quickstart" for p in files)
     for p in files:
         suite = suites.load_file(p)
-        for r in suite.runs:
+        for r in suites.expand(suite):
             raw = load_toml(root / r.config)
             for item in r.set:
                 apply_set(raw, item)
@@ -221,3 +223,33 @@ def test_run_labels_fall_back_to_folder_names(tmp_path):
     # checkpoint_every does not change results, so it does not tell runs apart; folder names do
     assert rundirs.labels(runs) == ["soba, identity, alpha=0.1 (one)", "soba, identity, alpha=0.1 (two)",
                                     "soba, identity, alpha=0.3"]
+
+
+def _conf(**over):
+    conf = {"algorithm": {"name": "soba", "alpha": 0.1, "beta": 0.3}, "compressor": "identity", "rounds": 300,
+            "seed": 0, "task": {"name": "quadratic", "heterogeneity": 1.0, "d_x": 10}}
+    for k, v in over.items():
+        sec, _, key = k.rpartition("__")
+        (conf[sec] if sec else conf)[key] = v
+    return conf
+
+
+def test_labels_name_every_differing_key_when_few(tmp_path):
+    # the case of `distbo plot runs/q runs/q0`: heterogeneity (and the step it was run with) changed
+    runs = [rundirs.RunDir(tmp_path / "q", _conf(), []),
+            rundirs.RunDir(tmp_path / "q0", _conf(task__heterogeneity=0.0, algorithm__alpha=0.05), [])]
+    assert rundirs.labels(runs) == ["soba, identity, heterogeneity=1.0, alpha=0.1",
+                                    "soba, identity, heterogeneity=0.0, alpha=0.05"]
+    # top-level keys first, then task, clients, algorithm; a key only one run has (theta, of ef-soba) goes
+    # with its algorithm and is not named
+    runs.append(rundirs.RunDir(tmp_path / "ef", _conf(seed=1, algorithm__name="ef-soba", algorithm__theta=1.0,
+                                                     compressor="topk:0.1"), []))
+    assert rundirs.labels(runs)[2] == "ef-soba, topk:0.1, seed=1, heterogeneity=1.0, alpha=0.1"
+
+
+def test_labels_keep_the_first_keys_when_many(tmp_path):
+    many = {f"task__k{i}": i for i in range(rundirs.LABEL_KEYS + 2)}
+    runs = [rundirs.RunDir(tmp_path / "a", _conf(**{k: -1 for k in many}), []),
+            rundirs.RunDir(tmp_path / "b", _conf(rounds=10, **many), [])]
+    shown = rundirs.labels(runs)[1].split(", ")[2:]
+    assert len(shown) == rundirs.LABEL_KEYS and shown[0] == "rounds=10" and shown[1] == "k0=0"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import distbo
-from distbo import checkpoint, runner
+from distbo import checkpoint, runner, safeio  # noqa: F401
 from distbo.algorithms import ALGORITHMS
 from distbo.cli import main
 
@@ -143,8 +143,8 @@ def test_divergence_exits_3_names_round_and_variable_and_keeps_last_good_checkpo
     out = tmp_path / "div"
     argv = ["run", "--task", "quadratic", "--workers", "3", "--rounds", "200", "--eval-every", "1",
             "--set", "task.d_x=2", "--set", "task.d_y=4", "--set", "algorithm.alpha=300",
-            "--set", "checkpoint_every=4", "--out", str(out), "--quiet"]
-    assert main(argv) == 3
+            "--set", "checkpoint_every=4", "--set", "diverge_factor=0", "--out", str(out), "--quiet"]
+    assert main(argv) == 3  # the NaN stop (diverge_factor=0: no stop by growth, see test_runctl.py)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     bad = int(err.split("diverged at round ")[1].split(":")[0])
@@ -170,7 +170,8 @@ def test_resume_of_a_changed_configuration_is_refused(tmp_path, capsys):
     (tmp_path / "r" / "config.json").write_text(json.dumps(conf))
     assert main(["run", "--resume", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "does not match" in err and "(4,)" in err and "(5,)" in err
+    assert len(err.splitlines()) == 1 and "differs from the configuration the checkpoint" in err
+    assert "in task.d_y;" in err and "only rounds, eval_every, until, timeout, threads may change" in err
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -182,9 +183,10 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(distbo.safeio.WriteError, match="checkpoint-rank0.pt: disk full"):
         checkpoint.save(tmp_path, 0, checkpoint.Checkpoint(6, s0, {"bits_up": 2}, 0.6, 3))
     monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-rank0.pt"]  # no .tmp left
     ck = checkpoint.load(tmp_path, 0, {"x": torch.zeros(3), "up": (torch.zeros(2, 2), 0)})
     assert ck.round == 5 and torch.equal(ck.state["x"], s0["x"]) and ck.state["up"][1] == 7
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import folders, safeio
 from .errors import ConfigError
 
 VERSION = 1
@@ -36,6 +37,7 @@ class Checkpoint:
     stats: dict[str, int]  # CommStats.as_dict()
     train_s: float
     rows: int  # metric rows written when the checkpoint was taken
+    config: dict[str, Any] | None = None  # the resolved configuration (its defining part is hashed)
 
 
 @contextlib.contextmanager
@@ -50,8 +52,10 @@ def claim(out: Path | None, rank: int):
     if out is None or fcntl is None:
         yield
         return
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(out) / f".lock-rank{rank}", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = Path(out) / f".lock-rank{rank}"
+    with safeio.writing(lock):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,18 +119,24 @@ def _mismatch(why: str) -> ConfigError:
 
 
 def save(out: Path, rank: int, ck: Checkpoint, world_size: int = 1) -> Path:
-    """Write this process's shard atomically (a temporary file, then os.replace)."""
+    """Write this process's shard atomically (a temporary file, then os.replace); a failed write is
+    a WriteError and leaves the previous shard as it was."""
     final = path(out, rank)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")
-    torch.save({"version": VERSION, "round": ck.round, "leaves": flatten(ck.state), "stats": dict(ck.stats),
-                "train_s": ck.train_s, "rows": ck.rows, "world_size": world_size}, tmp)
-    os.replace(tmp, final)
-    return final
+    with safeio.writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+    d = {"version": VERSION, "round": ck.round, "leaves": flatten(ck.state), "stats": dict(ck.stats),
+         "train_s": ck.train_s, "rows": ck.rows, "world_size": world_size}
+    if ck.config is not None:
+        d["config_hash"] = folders.fingerprint(ck.config)
+        d["config"] = json.dumps(folders.hashed(ck.config))
+    return safeio.write_atomic(final, lambda tmp: torch.save(d, tmp))
 
 
-def load(out: Path, rank: int, template: Any, world_size: int = 1) -> Checkpoint | None:
-    """This process's shard, with its state rebuilt on ``template``; None if there is none yet."""
+def load(out: Path, rank: int, template: Any, world_size: int = 1,
+         config: dict[str, Any] | None = None) -> Checkpoint | None:
+    """This process's shard, with its state rebuilt on ``template``; None if there is none yet.
+    With ``config`` (the resolved configuration of the resume), a checkpoint written with another
+    one is refused, naming the fields that differ."""
     p = path(out, rank)
     if not p.is_file():
         return None
@@ -134,12 +144,23 @@ def load(out: Path, rank: int, template: Any, world_size: int = 1) -> Checkpoint
         d = torch.load(p, weights_only=True)
     except Exception as exc:  # a torn or foreign file: say which, in one line
         raise ConfigError("--resume", f"cannot read {p}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    if d.get("version") != VERSION:
-        raise ConfigError("--resume", f"{p} has format version {d.get('version')}, this distbo reads {VERSION}")
+    if not isinstance(d, dict) or d.get("version") != VERSION:
+        version = d.get("version") if isinstance(d, dict) else None
+        raise ConfigError("--resume", f"{p} has format version {version}, this distbo reads {VERSION}")
+    if config is not None:
+        stored = json.loads(d["config"]) if "config" in d else None
+        folders.check_same_config(stored, d.get("config_hash"), config, Path(out))
     if d["world_size"] != world_size:
         raise ConfigError("--resume", f"the checkpoint was written by {d['world_size']} processes, "
-                          f"not {world_size}; resume with --procs {d['world_size']}")
+                          f"not {world_size}; {procs_advice(d['world_size'])}")
     return Checkpoint(d["round"], unflatten(template, d["leaves"]), d["stats"], d["train_s"], d["rows"])
+
+
+def procs_advice(n: int) -> str:
+    """How to start a resume with ``n`` processes (advice that the command line accepts)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # started by torchrun
+        return f"start {n} processes (torchrun --nproc-per-node {n} ... -m distbo run --resume DIR)"
+    return f"resume with 'distbo run --resume DIR --procs {n}'"
 
 
 def check_same_round(done: int, comm: Any) -> None:
@@ -155,14 +176,18 @@ def restore_rows(out: Path, n: int, truncate: bool) -> list[dict[str, Any]]:
     """The first ``n`` metric rows; with ``truncate`` the file is cut to them (atomically), so
     rows written after the checkpoint are not repeated."""
     p = Path(out) / "metrics.jsonl"
-    lines = p.read_text().splitlines(keepends=True) if p.is_file() else []
-    if len(lines) < n:
-        raise ConfigError("--resume", f"{p} has {len(lines)} rows, the checkpoint expects at least {n}")
-    rows = [json.loads(line) for line in lines[:n]]
-    if truncate:
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text("".join(lines[:n]))
-        os.replace(tmp, p)
+    lines = safeio.read_text(p, "--resume").splitlines(keepends=True) if p.is_file() else []
+    whole = [line for line in lines[:n] if line.endswith("\n")]
+    if len(whole) < n:
+        raise ConfigError("--resume", f"{p} has {len(whole)} whole rows, the checkpoint expects at least {n}")
+    rows = []
+    for i, line in enumerate(whole):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ConfigError("--resume", f"{p} line {i + 1} is not valid JSON ({exc.msg})") from None
+    if truncate and len(lines) > n:
+        safeio.write_atomic(p, "".join(whole))
     return rows
 
 
@@ -174,7 +199,7 @@ def load_config(out: Path, user_problem: bool = False) -> dict[str, Any]:
     p = Path(out) / "config.json"
     if not p.is_file():
         raise ConfigError("--resume", f"{out} is not a run folder (no config.json)")
-    conf = json.loads(p.read_text())
+    conf = safeio.read_json(p, "--resume")
     custom = conf.get("task", {}).get("name") == "custom"
     if custom and not user_problem:
         raise ConfigError("--resume", "this run used a user-defined Problem; resume it from Python with "

@@ -1,19 +1,24 @@
 """The command line: ``distbo run | list`` (and the result tools: plot, compare, reproduce).
 
 Errors a user can fix are one line on stderr naming the field and the allowed values, with a
-non-zero exit code (2 for bad input, 3 for a diverged run, 130 when interrupted).
+non-zero exit code (2 for bad input, 3 for a diverged run, 4 when a file of the run folder could
+not be written, 130 when interrupted by Ctrl-C, 143 by SIGTERM; docs/run-folders.md). The flags,
+the TOML file and the top-level fields are checked before torch is imported.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DistboError, DivergenceError
 
-EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_OS = 2, 3, 130, 143, 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,36 +44,37 @@ def command(name: str, help: str, args: ArgsFn = lambda p: None):
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a TOML configuration file")
     p.add_argument("--task", help="task name (see 'distbo list')")
-    p.add_argument("--algorithm", help="algorithm name (see 'distbo list')")
+    p.add_argument("--algorithm", help="algorithm name (see 'distbo list'; 'distbo list NAME' shows its "
+                   "hyper-parameters, defaults and ranges)")
     p.add_argument("--compressor", help="compressor spec, e.g. topk:0.1")
     p.add_argument("--workers", type=int, help="number of workers")
     p.add_argument("--rounds", type=int, help="outer iterations")
     p.add_argument("--eval-every", type=int, dest="eval_every", help="evaluate every K rounds")
     p.add_argument("--seed", type=int)
     p.add_argument("--procs", type=int, help="processes on this machine (torch.distributed)")
+    p.add_argument("--until", metavar="FIELD<=VALUE", help="stop at the first evaluation that meets this "
+                   "target (or FIELD>=VALUE), e.g. hypergrad_norm<=1e-3")
     p.add_argument("--engine", choices=["sim", "flower"], help="sim (default) or flower (Flower apps, docs/flower.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
-                   help="override a config field by dotted key (repeatable)")
+                   help="override a config field by dotted key (repeatable); every key, with its "
+                   "default and range: 'distbo list ALGORITHM|TASK', 'distbo list --markdown'")
     p.add_argument("--out", help="output folder (default: runs/<task>-<algorithm>-<time>)")
-    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its folder")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its folder (with it only "
+                   "--rounds, --eval-every, --until, --procs and --set of rounds, eval_every, until, timeout, threads)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are "
+                   "removed first)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
 @command("run", "run one configuration", _run_args)
 def cmd_run(a: argparse.Namespace) -> int:
-    from . import launch
-    from .config import apply_set, load_toml, merge
+    if a.resume:
+        return _resume(a)
+    raw = _checked_raw(a)  # before torch is imported: a bad flag answers at once
+    from . import folders, launch
     from .errors import ConfigError
     from .runner import execute, resolve
 
-    if a.resume:
-        return _resume(a)
-    raw: dict[str, Any] = load_toml(a.config) if a.config else {}
-    raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs,
-                engine=a.engine)
-    for item in a.sets:
-        apply_set(raw, item)
     res, problem = resolve(raw)
     if a.out is None and launch.in_job():
         raise ConfigError("--out", "is required under torchrun (every process must use the same folder)")
@@ -77,43 +83,89 @@ def cmd_run(a: argparse.Namespace) -> int:
     if res.run.engine == "flower":
         from .flower import run_flower
 
+        folders.prepare_locked(out, a.overwrite)
         try:
             result = run_flower(raw, out, not a.quiet)
         except launch.LaunchError as exc:
             sys.stderr.write(f"distbo: error: {exc}\n")
             return exc.code
     elif res.run.procs > 1 and not launch.in_job():  # start the processes (launch.py)
+        folders.prepare_locked(out, a.overwrite)
         try:
             result = launch.run_procs(raw, None, out, not a.quiet, res.run.procs, res.run.timeout, res.run.workers)
         except launch.LaunchError as exc:
             sys.stderr.write(f"distbo: error: {exc}\n")
             return exc.code
     else:
-        result = execute(res, problem, out, progress=not a.quiet)
+        result = execute(res, problem, out, progress=not a.quiet, overwrite=a.overwrite)
     if launch.rank() != 0:
         return 0
     if not a.quiet:
         print_rows(result.metrics)
+    if "target" in result.extra:
+        print(describe_target(result.extra["target"]))
     print(f"wrote {out}")
     return 0
 
 
-def _resume(a: argparse.Namespace) -> int:
-    """``distbo run --resume DIR``: the configuration comes from DIR/config.json, nothing else."""
+def _checked_raw(a: argparse.Namespace) -> dict[str, Any]:
+    """The raw configuration of ``distbo run`` (TOML file, flags, --set), its top-level fields
+    checked, and ``--out`` checked (torch-free: config.py, folders.py)."""
+    from . import folders
+    from .config import apply_set, check_run, load_toml, merge
+
+    raw: dict[str, Any] = load_toml(a.config) if a.config else {}
+    raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
+                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until, engine=a.engine)
+    for item in a.sets:
+        apply_set(raw, item)
+    check_run(raw)
+    if a.out is not None:
+        folders.check_out(a.out)
+        if not a.overwrite:
+            folders.refuse_existing(a.out)
+    return raw
+
+
+def _resume_changes(a: argparse.Namespace) -> dict[str, Any]:
+    """What ``distbo run --resume DIR`` may change: --rounds, --eval-every, --procs and --set of the
+    fields in folders.RESUMABLE; any other flag is one line."""
+    from .config import apply_set
     from .errors import ConfigError
+    from .folders import check_changes
+
+    flags = ("config", "task", "algorithm", "compressor", "workers", "seed", "out", "overwrite", "engine")
+    given = [("CONFIG" if k == "config" else f"--{k.replace('_', '-')}") for k in flags
+             if getattr(a, k) not in (None, [], False)]
+    if given:
+        raise ConfigError("--resume", f"uses the run's own config.json; drop {', '.join(given)} (only --rounds, "
+                          "--eval-every, --until, --procs and --set of rounds, eval_every, until, timeout, threads "
+                          "may be given)")
+    changes: dict[str, Any] = {}
+    for item in a.sets:
+        apply_set(changes, item)
+    changes.update({k: v for k, v in (("rounds", a.rounds), ("eval_every", a.eval_every), ("procs", a.procs),
+                                      ("until", a.until)) if v is not None})
+    return check_changes(changes)
+
+
+def _resume(a: argparse.Namespace) -> int:
+    """``distbo run --resume DIR``: the configuration comes from DIR/config.json, with the changes
+    that _resume_changes allows."""
+    changes = _resume_changes(a)
     from .runner import resume
 
-    flags = ("config", "task", "algorithm", "compressor", "workers", "rounds", "eval_every", "seed",
-             "procs", "engine", "sets", "out")
-    given = [("CONFIG" if k == "config" else f"--{k.rstrip('s') if k == 'sets' else k.replace('_', '-')}")
-             for k in flags if getattr(a, k) not in (None, [])]
-    if given:
-        raise ConfigError("--resume", f"uses the run's own config.json; drop {', '.join(given)}")
-    result = resume(a.resume, progress=not a.quiet)
+    result = resume(a.resume, progress=not a.quiet, changes=changes)
     if not a.quiet:
         print_rows(result.metrics)
     print(f"resumed {a.resume} from round {result.extra['resumed_from']}")
     return 0
+
+
+def describe_target(info: dict[str, Any]) -> str:
+    if not info["reached"]:
+        return f"target {info['until']} not reached"
+    return f"target {info['until']} reached at round {info['round']} ({info['bits_up']} bits up)"
 
 
 def print_rows(rows: list[dict[str, Any]], limit: int = 6) -> None:
@@ -172,16 +224,41 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (already printed) and --help
         return int(exc.code or 0)
     try:
-        return a.fn(a)
+        with _sigterm_as_interrupt():
+            return a.fn(a)
     except DivergenceError as exc:
         sys.stderr.write(f"distbo: error: {exc}\n")
         return EXIT_DIVERGED
     except DistboError as exc:
         sys.stderr.write(f"distbo: error: {exc}\n")
-        return EXIT_INPUT
-    except KeyboardInterrupt:
-        sys.stderr.write("distbo: interrupted\n")
-        return EXIT_INTERRUPTED
+        return getattr(exc, "exit_code", EXIT_INPUT)
+    except KeyboardInterrupt as exc:
+        sys.stderr.write(f"distbo: {'stopped by SIGTERM' if isinstance(exc, Terminated) else 'interrupted'}\n")
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except OSError as exc:  # a file that could not be read or written, outside the run folder's writes
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"distbo: error: {where}{exc.strerror or exc}\n")
+        return EXIT_OS
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops, its summary says "interrupted"."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs in the main thread, SIGTERM raises Terminated."""
+    def on_term(signum, frame):
+        raise Terminated("SIGTERM")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, field_validator
 
+from . import safeio
 from .errors import ConfigError
 from .registry import Params, validate
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+def __getattr__(name: str) -> Any:
+    """``DTYPES`` (name -> torch dtype) is made on first use: checking a configuration needs no torch."""
+    if name == "DTYPES":
+        import torch
+
+        return {"float32": torch.float32, "float64": torch.float64}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 DEFAULT_NAMES = {"task": "quadratic", "algorithm": "soba"}
@@ -55,17 +62,32 @@ class RunConfig(Params):
     rounds: int = Field(1000, ge=0, description="outer iterations")
     eval_every: int = Field(10, gt=0, description="evaluate every k rounds")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every k rounds (0: only at the end)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (distbo.rng keys are 32-bit)")
     procs: int = Field(1, gt=0, description="processes on this machine")
     timeout: float = Field(30.0, gt=0, description="seconds a multi-process run waits for a silent process "
                            "before it fails")
     threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1 for models "
                                 "under 100k parameters, else the cores per process)")
     dtype: Literal["float32", "float64"] = "float32"
+    device: str = Field("cpu", description="where to compute: cpu, cuda, cuda:N or auto (cuda if present)")
+    worker_chunk: int | None = Field(None, ge=1, description="evaluate the oracles this many workers at a "
+                                     "time (memory O(chunk d) instead of O(workers d)); unset: all at once")
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     engine: Literal["sim", "flower"] = Field("sim", description="sim: the simulator (or torch.distributed with "
                                              "procs > 1); flower: Flower apps, one round trip per exchange")
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
+    until: str | None = Field(None, description="stop at the first evaluation that meets FIELD<=VALUE or "
+                              "FIELD>=VALUE, e.g. hypergrad_norm<=1e-3 (unset: run every round)")
+    diverge_factor: float | None = Field(1e4, ge=0, description="stop as diverged when ||x||, ||y||, "
+                                         "upper_loss or hypergrad_norm grows past this factor times its start "
+                                         "(floors: sqrt(d) for norms, 1 for metrics); 0 or unset: off")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"unknown device '{v}'; allowed: cpu, cuda, cuda:N, auto")
 
     @field_validator("task", "algorithm", mode="before")
     @classmethod
@@ -78,13 +100,22 @@ class RunConfig(Params):
                 raise ValueError("'name' must be a string")
         return v
 
+    @field_validator("until")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        from .stopping import parse_until
+
+        if v is not None:
+            parse_until(v)
+        return v
+
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("config", f"file not found: {p}")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(safeio.read_text(p, "config"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{p} is not valid TOML: {exc}") from None
 

@@ -44,6 +44,7 @@ from .comm.torch_dist import CollectiveError, TorchDistComm, short_error, backen
 from .errors import ConfigError, DistboError, DivergenceError
 
 ENV_INIT = "DISTBO_INIT_METHOD"
+ENV_DEVICE = "DISTBO_DEVICE_TYPE"  # 'cuda': the processes of run_procs join with nccl
 GRACE_S = 5.0  # after a failure, how long the other processes get to stop by themselves
 KILL_AFTER_S = 3.0  # after SIGTERM, before SIGKILL
 
@@ -94,16 +95,16 @@ def init_group(timeout: float, device: str = "cpu") -> None:
         raise RuntimeError("not inside a distributed job: RANK and WORLD_SIZE are not set")
     r, world = env
     torch.set_num_threads(threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    dist.init_process_group(backend_for(device), init_method=os.environ.get(ENV_INIT, "env://"), rank=r,
+    dist.init_process_group(backend_for(os.environ.get(ENV_DEVICE, device)), init_method=os.environ.get(ENV_INIT, "env://"), rank=r,
                             world_size=world, timeout=datetime.timedelta(seconds=timeout))
 
 
-def make_comm(workers: int, timeout: float) -> Communicator:
+def make_comm(workers: int, timeout: float, device: torch.device | str = "cpu") -> Communicator:
     """The simulator, or (inside a job) torch.distributed with a block of workers per process."""
     if not in_job():
         return SimulatedComm(workers)
-    init_group(timeout)
-    return TorchDistComm(workers)
+    init_group(timeout, device)
+    return TorchDistComm(workers, device)
 
 
 # ----- starting processes on this machine -----
@@ -116,7 +117,10 @@ def run_procs(raw: dict[str, Any], problem, out: Path | None, progress: bool, pr
         raise ConfigError("procs", f"{procs} processes cannot share {workers} workers evenly; "
                           f"use a number of processes that divides {workers}")
     out = Path(out).absolute() if out is not None else None
-    value = spawn(_run_rank, (raw, problem, out, progress, resume), procs, timeout)[0]
+    from .devices import resolve_device
+
+    device = resolve_device(str(raw.get("device", "cpu"))).type
+    value = spawn(_run_rank, (raw, problem, out, progress, resume), procs, timeout, {ENV_DEVICE: device})[0]
     extra = {**value.pop("extra", {}), "procs": procs}
     return Result(**value, state=None, extra=extra)
 
@@ -132,7 +136,8 @@ def _run_rank(raw: dict[str, Any], problem, out: Path | None, progress: bool, re
     return None
 
 
-def spawn(fn: Callable[..., Any], args: tuple, procs: int, timeout: float) -> list[Any]:
+def spawn(fn: Callable[..., Any], args: tuple, procs: int, timeout: float,
+          extra_env: dict[str, str] | None = None) -> list[Any]:
     """Run ``fn(*args)`` in ``procs`` new processes forming one job; their return values by rank.
 
     ``fn`` and ``args`` must be picklable (a module-level function). Raises LaunchError when a
@@ -141,7 +146,7 @@ def spawn(fn: Callable[..., Any], args: tuple, procs: int, timeout: float) -> li
     ctx = _context()
     tmp = Path(tempfile.mkdtemp(prefix="distbo-job-"))
     env = {**os.environ, "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs), "MASTER_ADDR": "127.0.0.1",
-           ENV_INIT: f"file://{tmp / 'rendezvous'}"}
+           ENV_INIT: f"file://{tmp / 'rendezvous'}", **(extra_env or {})}
     work = pickle.dumps((fn, args))  # unpickled inside the child, where a failure is reported
     children = [ctx.Process(target=_child, name=f"distbo-rank{r}",
                             args=(r, env, str(tmp), timeout, os.getpid(), work)) for r in range(procs)]

@@ -8,6 +8,12 @@ instead of n per-worker vectors), which is what a server that only needs the mea
 
 Notation (ALGORITHMS.md): H_yy v = d/dy <grad_y g, v> in R^{d_y} and H_xy v = d/dx <grad_y g, v>
 in R^{d_x}; both come from ONE vector-Jacobian product of grad_y g.
+
+Worker chunks (config key ``worker_chunk``): ``Oracles(problem, chunk=k)`` evaluates every oracle
+k local workers at a time and stitches the results (rows written into one output, sums added up
+chunk after chunk), so the autograd graphs, activations and per-worker intermediates of one call
+are O(k d) instead of O(n d). Rows are the same computation per worker; sums differ from the
+unchunked ones only by the order of floating-point additions.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Callable
 
 import torch
 from torch.func import grad, vjp, vmap
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .problems.base import Batch, Problem
 
@@ -92,43 +99,81 @@ def fd_grad_y_hvp(loss: Loss, x: Tensor, y: Tensor, v: Tensor, batch: Batch, del
     return grad_y(loss, x, y, batch, reduce), (gx_p - gx_m) / (2 * delta), (gy_p - gy_m) / (2 * delta)
 
 
-class Oracles:
-    """The oracles of one problem: f- and g-derivatives with the worker axis handled."""
+def _workers(batch: Batch) -> int:
+    return int(tree_leaves(batch)[0].shape[0])
 
-    def __init__(self, problem: Problem):
-        self.problem = problem
+
+def in_chunks(fn: Callable[..., Tensor | tuple[Tensor, ...]], chunk: int | None, vectors: tuple[Tensor, ...],
+              batch: Batch, reduce: bool) -> Tensor | tuple[Tensor, ...]:
+    """``fn(*vectors, batch, reduce)`` computed ``chunk`` workers at a time (see module doc).
+
+    Per-worker (2-D) vectors and the batch are cut along the worker axis; rows of the result are
+    written into one preallocated output, summed results (``reduce``) are added chunk by chunk."""
+    n = _workers(batch)
+    if chunk is None or n <= chunk:
+        return fn(*vectors, batch, reduce)
+    out: list[Tensor] | None = None
+    single = False
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        part = fn(*(t[a:b] if t.dim() == 2 else t for t in vectors), tree_map(lambda t: t[a:b], batch), reduce)
+        single = isinstance(part, Tensor)
+        parts = (part,) if single else tuple(part)
+        if out is None:
+            out = [p.clone() if reduce else p.new_empty((n, *p.shape[1:])) for p in parts]
+            if reduce:
+                continue
+        for o, p in zip(out, parts):
+            if reduce:
+                o.add_(p)
+            else:
+                o[a:b] = p
+    return out[0] if single else tuple(out)
+
+
+class Oracles:
+    """The oracles of one problem: f- and g-derivatives with the worker axis handled.
+
+    ``chunk``: evaluate at most that many workers at once (None: all local workers together)."""
+
+    def __init__(self, problem: Problem, chunk: int | None = None):
+        self.problem, self.chunk = problem, chunk
+
+    def _run(self, fn, loss: Loss, vectors: tuple[Tensor, ...], batch: Batch, reduce: bool):
+        return in_chunks(lambda *a: fn(loss, *a), self.chunk, vectors, batch, reduce)
 
     def grad_f(self, x, y, batch, reduce=False):
-        return grad_xy(self.problem.f, x, y, batch, reduce)
+        return self._run(grad_xy, self.problem.f, (x, y), batch, reduce)
 
     def grad_g(self, x, y, batch, reduce=False):
-        return grad_xy(self.problem.g, x, y, batch, reduce)
+        return self._run(grad_xy, self.problem.g, (x, y), batch, reduce)
 
     def grad_g_y(self, x, y, batch, reduce=False):
-        return grad_y(self.problem.g, x, y, batch, reduce)
-
-    def hvp_g(self, x, y, v, batch, reduce=False):
-        return hvp(self.problem.g, x, y, v, batch, reduce)
-
-    def grad_y_hvp_g(self, x, y, v, batch, reduce=False):
-        return grad_y_hvp(self.problem.g, x, y, v, batch, reduce)
-
-    def f_values(self, x, y, batch):
-        return loss_values(self.problem.f, x, y, batch)
-
-    def g_values(self, x, y, batch):
-        return loss_values(self.problem.g, x, y, batch)
-
-
-class FiniteDifferenceOracles(Oracles):
-    """The same oracles with the products H_xy v, H_yy v of g by central finite differences."""
-
-    def __init__(self, problem: Problem, delta: float):
-        super().__init__(problem)
-        self.delta = delta
+        return self._run(grad_y, self.problem.g, (x, y), batch, reduce)
 
     def hvp_g(self, x, y, v, batch, reduce=False):
         return self.grad_y_hvp_g(x, y, v, batch, reduce)[1:]
 
     def grad_y_hvp_g(self, x, y, v, batch, reduce=False):
-        return fd_grad_y_hvp(self.problem.g, x, y, v, batch, self.delta, reduce)
+        return self._run(grad_y_hvp, self.problem.g, (x, y, v), batch, reduce)
+
+    def _values(self, loss: Loss, x, y, batch):
+        return self._run(lambda l, x_, y_, b, _: loss_values(l, x_, y_, b), loss, (x, y), batch, False)
+
+    def f_values(self, x, y, batch):
+        return self._values(self.problem.f, x, y, batch)
+
+    def g_values(self, x, y, batch):
+        return self._values(self.problem.g, x, y, batch)
+
+
+class FiniteDifferenceOracles(Oracles):
+    """The same oracles with the products H_xy v, H_yy v of g by central finite differences."""
+
+    def __init__(self, problem: Problem, delta: float, chunk: int | None = None):
+        super().__init__(problem, chunk)
+        self.delta = delta
+
+    def grad_y_hvp_g(self, x, y, v, batch, reduce=False):
+        fd = lambda loss, x_, y_, v_, b, r: fd_grad_y_hvp(loss, x_, y_, v_, b, self.delta, r)  # noqa: E731
+        return self._run(fd, self.problem.g, (x, y, v), batch, reduce)

@@ -30,12 +30,28 @@ def plot_runs(paths: list[str], x: str, y: str, out: str | None = None, xscale: 
     """The figure of ``y`` against ``x`` for these run folders (written to ``out`` if given)."""
     from . import plotting, rundirs
 
+    if out is not None:
+        check_image_path(out)
     runs = rundirs.load_all(paths)
     x, y = rundirs.field_name(runs, x, "--x"), rundirs.field_name(runs, y, "--y")
     fig = plotting.figure(runs, x, y, rundirs.labels(runs), xscale, yscale, title)
     if out is not None:
         plotting.save(fig, out, dpi)
     return fig
+
+
+IMAGE_TYPES = (".png", ".pdf", ".svg", ".eps", ".ps")
+
+
+def check_image_path(out: str) -> None:
+    """-o must name an image type matplotlib writes, and not lie under a file."""
+    from .folders import check_out
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in IMAGE_TYPES:
+        raise ConfigError("-o", f"cannot tell the image type of '{out}' ({suffix or 'no suffix'}); "
+                          f"allowed: {', '.join(IMAGE_TYPES)}")
+    check_out(Path(out).parent, "-o")
 
 
 @command("plot", "plot a metric against bits, rounds or time for several runs", _plot_args)
@@ -92,6 +108,8 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default: runs/NAME)")
     p.add_argument("--list", action="store_true", help="list the suites")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quick", action="store_true",
+                   help="a scaled-down version for a first look (default output: runs/NAME-quick)")
 
 
 @command("reproduce", "run a named suite of runs and draw its figure and table", _reproduce_args)
@@ -107,5 +125,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         if not a.list:
             raise ConfigError("NAME", "give a suite name (listed above)")
         return 0
-    suites.reproduce(a.name, a.out, progress=not a.quiet)
+    if a.out is not None:
+        from .folders import check_out
+
+        check_out(a.out)  # before the suite's imports and runs
+    suites.reproduce(a.name, a.out, progress=not a.quiet, quick=a.quick)
     return 0

@@ -7,6 +7,8 @@ and a process hosting workers 4..7 draws exactly what the simulator draws for th
 The mixer is the 32-bit integer hash of T. Mueller (xor-shift / multiply). Keys are folded in
 Python integers; bulk draws are computed in place on int32 bit patterns (a wrapping multiply is
 arithmetic mod 2^32), which gives the same bits as the int64 reference ``_mix`` several times faster.
+Draws are made on the device of their key (a CUDA key gives CUDA draws): integer arithmetic is
+exact, so the bits are the same on every device.
 """
 from __future__ import annotations
 
@@ -50,17 +52,17 @@ def _as_i32(x: torch.Tensor) -> torch.Tensor:
     return ((x & _M32) ^ 0x80000000).sub_(0x80000000).to(torch.int32)
 
 
-_COUNTERS: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+_COUNTERS: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _counters(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ctr, ctr * golden) as int32 bit patterns, cached per length."""
-    if n not in _COUNTERS:
-        ctr = torch.arange(n, dtype=torch.int64)
-        _COUNTERS[n] = (_as_i32(ctr), _as_i32(ctr * _GOLDEN))
+def _counters(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ctr, ctr * golden) as int32 bit patterns, cached per length and device."""
+    if (n, device) not in _COUNTERS:
+        ctr = torch.arange(n, dtype=torch.int64, device=device)
+        _COUNTERS[n, device] = (_as_i32(ctr), _as_i32(ctr * _GOLDEN))
         if len(_COUNTERS) > 64:
             _COUNTERS.pop(next(iter(_COUNTERS)))
-    return _COUNTERS[n]
+    return _COUNTERS[n, device]
 
 
 def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
@@ -81,11 +83,11 @@ def _bits_i32(k: torch.Tensor, n: int) -> torch.Tensor:
 
     Computed in column blocks of about ``_CHUNK`` elements: eleven in-place passes over a block
     that fits in cache are several times faster than over one [rows, n] array in memory."""
-    ctr, ctr_g = _counters(n)
+    ctr, ctr_g = _counters(n, k.device)
     k32 = _as_i32(k.to(torch.int64)).reshape(-1, 1)
-    out = torch.empty(k32.shape[0], n, dtype=torch.int32)
+    out = torch.empty(k32.shape[0], n, dtype=torch.int32, device=k.device)
     width = max(1, _CHUNK // max(1, k32.shape[0]))
-    tmp = torch.empty(k32.shape[0], min(width, n), dtype=torch.int32)
+    tmp = torch.empty(k32.shape[0], min(width, n), dtype=torch.int32, device=k.device)
     for a in range(0, n, width):
         b = min(n, a + width)
         x, t = out[:, a:b], tmp[:, : b - a]

@@ -1,6 +1,8 @@
 """Reading run folders (config.json, metrics.jsonl, summary.json) for plots and tables.
 
-An interrupted or diverged run is read as far as it got: its metric rows are what it wrote.
+An interrupted or diverged run is read as far as it got: its metric rows are what it wrote (a
+last row cut short by a kill is left out). A config.json, summary.json or metrics row that is not
+valid JSON is a one-line error naming the file.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, unknown
+from .safeio import read_json, read_text
 
 #: short names accepted for metric fields (``--x rounds`` is the ``round`` field)
 ALIASES = {"rounds": "round", "bits": "bits_up", "time": "wall_s"}
@@ -50,17 +53,28 @@ def load(path: str | Path) -> RunDir:
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ConfigError("RUN_DIR", f"{p} is not a run folder (no config.json)")
-    rows = []
     metrics = p / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a last line cut short by a kill
-                break
+    rows = read_rows(metrics) if metrics.is_file() else []
     summ = p / "summary.json"
-    return RunDir(p, json.loads((p / "config.json").read_text()), rows,
-                  json.loads(summ.read_text()) if summ.is_file() else {})
+    return RunDir(p, read_json(p / "config.json", "RUN_DIR"), rows,
+                  read_json(summ, "RUN_DIR") if summ.is_file() else {})
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The metric rows of ``path``; a last line without its newline (cut short) is left out."""
+    text = read_text(path, "RUN_DIR")
+    lines = text.split("\n")
+    whole = lines[:-1]  # the part after the last newline is "" or a row cut short by a kill
+    rows = []
+    for i, line in enumerate(whole):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("RUN_DIR", f"{path} line {i + 1} is not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError("RUN_DIR", f"{path} line {i + 1} is not a JSON object")
+        rows.append(row)
+    return rows
 
 
 def load_all(paths: list[str | Path]) -> list[RunDir]:
@@ -80,20 +94,37 @@ def field_name(runs: list[RunDir], name: str, option: str) -> str:
     return name
 
 
+#: at most this many differing keys are named in a label (all of them when there are no more)
+LABEL_KEYS = 6
+_ORDER = ("task.", "clients.", "algorithm.")  # causes first: top level, task, clients, then steps
+
+
 def labels(runs: list[RunDir]) -> list[str]:
-    """'algorithm, compressor' per run; runs that share one get the config values that differ, and
-    runs that still look alike their folder names."""
+    """'algorithm, compressor' per run, then every configuration value that differs between the
+    runs shown (all of them when there are at most LABEL_KEYS, else the first LABEL_KEYS: top-level
+    keys, then task, clients and algorithm ones); runs that still look alike get their folder names."""
     base = [f"{r.algorithm}, {r.compressor}" for r in runs]
-    out = list(base)
-    for lab in set(base):
-        group = [i for i, b in enumerate(base) if b == lab]
-        if len(group) < 2:
-            continue
-        flat = [_flatten({k: v for k, v in runs[i].config.items() if k not in BOOKKEEPING}) for i in group]
-        keys = sorted(k for k in set().union(*flat) if len({json.dumps(f.get(k)) for f in flat}) > 1)
-        for i, f in zip(group, flat):
-            out[i] = ", ".join([lab, *(f"{k.split('.')[-1]}={f.get(k)}" for k in keys[:3])])
+    flat = [_flatten({k: v for k, v in r.config.items() if k not in BOOKKEEPING}) for r in runs]
+    keys = differing_keys(flat)[:LABEL_KEYS]
+    short = {k: k.split(".")[-1] for k in keys}
+    for k in keys:  # the last part of the key, unless two keys shown share it
+        if sum(v == short[k] for v in short.values()) > 1:
+            short[k] = k
+    out = [", ".join([b, *(f"{short[k]}={f[k]}" for k in keys if k in f)]) for b, f in zip(base, flat)]
     return [f"{lab} ({r.path.name})" if out.count(lab) > 1 else lab for lab, r in zip(out, runs)]
+
+
+def differing_keys(flat: list[dict[str, Any]]) -> list[str]:
+    """Keys with at least two different values among the runs that have them (not the algorithm
+    name and compressor, which every label shows), top-level keys first, then by section."""
+    seen = {k for f in flat for k in f} - {"algorithm.name", "compressor", "derived"}
+    keys = [k for k in seen if len({json.dumps(f[k], default=str) for f in flat if k in f}) > 1
+            and not k.startswith("derived.")]
+
+    def rank(k: str) -> tuple[int, str]:
+        return next((i + 1 for i, p in enumerate(_ORDER) if k.startswith(p)), 0), k
+
+    return sorted(keys, key=rank)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -19,14 +19,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, folders, memory, safeio, stopping
+from .allocator import reuse_freed_memory
 from .algorithms import ALGORITHMS, Clients, Context
+from .algorithms.base import check_clients
 from .comm.base import CommStats, Communicator
 from .compressors import make_compressor
+from .compressors.base import check_sizes
 from .config import DTYPES, Resolved, RunConfig, check_run
+from .devices import default_device, resolve_device, to_device
 from .errors import ConfigError, DivergenceError
 from .launch import in_job, make_comm, run_procs
 from .problems import TASKS, Problem
+from .problems.checks import check_problem, metric_row, user_settings
 from .registry import validate
 
 CONTRACT_FIELDS = ("round", "bits_up", "bits_down", "comm_rounds", "wall_s", "upper_loss")
@@ -56,6 +61,7 @@ def task_defaults(problem: Problem, algorithm: str, fields: dict) -> dict[str, A
 def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolved, Problem]:
     """Check every field, then build the problem (a user Problem is taken as it is)."""
     run = check_run(raw)
+    resolve_device(run.device)  # CUDA asked for and absent: one line before any work
     alg_entry = ALGORITHMS.get(run.algorithm["name"], "algorithm.name")
     user_alg = {k: v for k, v in run.algorithm.items() if k != "name"}
     validate(alg_entry.params, user_alg, "algorithm")  # fail before any work
@@ -65,21 +71,26 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
     if problem is None:
         entry = TASKS.get(run.task["name"], "task.name")
         task_params = validate(entry.params, {k: v for k, v in run.task.items() if k != "name"}, "task")
+        memory.check_task(run.task["name"], task_params, run.workers, DTYPES[run.dtype].itemsize)
         problem = entry.build(task_params, workers=run.workers, seed=run.seed, dtype=DTYPES[run.dtype])
     elif problem.n_workers != run.workers:
         run = run.model_copy(update={"workers": problem.n_workers})
+    for name in ("compressor", "downlink"):
+        check_sizes(make_compressor(getattr(run, name), name), (problem.d_x, problem.d_y), name)
     merged = {**task_defaults(problem, run.algorithm["name"], alg_entry.params.model_fields), **user_alg}
     return Resolved(run, task_params, validate(alg_entry.params, merged, "algorithm")), problem
 
 
 def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
     run = res.run
-    comm = comm or make_comm(run.workers, run.timeout)
+    comm = comm or make_comm(run.workers, run.timeout, resolve_device(run.device, in_job()))
     down = make_compressor(run.downlink, "downlink")
     ctx = Context(problem=problem, comm=comm, compressor=make_compressor(run.compressor), seed=run.seed,
                   clients=Clients(**run.clients.model_dump()),
-                  downlink=None if down.kind == "exact" else down, rounds=run.rounds)
+                  downlink=None if down.kind == "exact" else down, rounds=run.rounds,
+                  worker_chunk=run.worker_chunk)
     algorithm = ALGORITHMS.get(run.algorithm["name"]).build(ctx, res.algorithm)
+    check_clients(ctx.clients, algorithm.client_settings, run.algorithm["name"])
     return algorithm, comm
 
 
@@ -110,38 +121,45 @@ def check_finite(state: Any, t: int, comm: Communicator | None = None) -> None:
 
 
 class Outputs:
-    """The run folder; only the main process writes."""
+    """The run folder; only the main process writes. JSON files are replaced atomically and metric
+    rows appended whole (safeio.py): a failed write is a WriteError naming the file."""
 
     def __init__(self, out: Path | None, enabled: bool, fresh: bool = True):
         self.dir = out if enabled else None
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            with safeio.writing(self.dir):
+                self.dir.mkdir(parents=True, exist_ok=True)
             if fresh:
-                (self.dir / "metrics.jsonl").write_text("")
+                safeio.write_atomic(self.dir / "metrics.jsonl", "")
 
     def write_json(self, name: str, obj: Any) -> None:
         if self.dir is not None:
-            tmp = self.dir / f".{name}.tmp"
-            tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-            tmp.replace(self.dir / name)
+            safeio.write_json(self.dir / name, obj)
 
     def append_row(self, row: dict[str, Any]) -> None:
         if self.dir is not None:
-            with open(self.dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            safeio.append_line(self.dir / "metrics.jsonl", json.dumps(row))
 
 
 def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: bool = False,
-            comm: Communicator | None = None, resume: bool = False) -> Result:
-    """Run the round loop of a resolved configuration (``resume``: from the checkpoint in ``out``)."""
+            comm: Communicator | None = None, resume: bool = False, overwrite: bool = False) -> Result:
+    """Run the round loop of a resolved configuration (``resume``: from the checkpoint in ``out``).
+    A new run refuses a folder that holds a run, unless ``overwrite`` (folders.py)."""
     torch.manual_seed(res.run.seed)
     importlib.import_module("torch._dynamo")  # torch.func loads it on first use (seconds): not in wall_s
-    algorithm, comm = build(res, problem, comm)
+    device = resolve_device(res.run.device, in_job())
+    to_device(problem, device)
+    with default_device(device):
+        check_problem(problem, res.run)
+        algorithm, comm = build(res, problem, comm)
+    reuse_freed_memory()  # large per-worker tensors: reuse freed blocks instead of page-faulting anew
     out = Path(out) if out is not None else None
     before = torch.get_num_threads()
     torch.set_num_threads(threads_for(res.run, problem, before))
     try:
-        with checkpoint.claim(out, comm.rank):  # no second process writes this folder meanwhile
+        with checkpoint.claim(out, comm.rank), default_device(device):  # no second process writes this folder
+            if out is not None and not resume:
+                folders.agree_fresh(out, overwrite, comm)
             return _loop(res, problem, algorithm, comm, out, progress, resume)
     finally:
         torch.set_num_threads(before)
@@ -164,26 +182,28 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
           progress: bool, resume: bool) -> Result:
     run: RunConfig = res.run
     state = algorithm.init()
+    control = stopping.RunControl(run.until, run.diverge_factor, algorithm.point(state), comm)
     rows: list[dict[str, Any]] = []
     train_s, start = 0.0, 0
-    ck = checkpoint.load(out, comm.rank, state, comm.world_size) if resume and out is not None else None
+    config = {**res.as_dict(), "task_info": problem.describe()}
+    ck = checkpoint.load(out, comm.rank, state, comm.world_size, config) if resume and out is not None else None
     if resume:
         checkpoint.check_same_round(ck.round if ck is not None else -1, comm)
     if ck is not None:
+        folders.check_rounds(ck.round, run.rounds)
         state, start, train_s = ck.state, ck.round, ck.train_s
         comm.stats = CommStats(**ck.stats)
         rows = checkpoint.restore_rows(out, ck.rows, truncate=comm.is_main)
     files = Outputs(out, comm.is_main, fresh=ck is None)
-    config = {**res.as_dict(), "task_info": problem.describe()}
     files.write_json("config.json", config)
     saved: int | None = start if ck is not None else None  # round of the last checkpoint
 
     def evaluate(t: int) -> dict[str, Any]:
         x, y = algorithm.point(state)
         row = {"round": t, **comm.stats.as_dict(), "wall_s": round(train_s, 6),
-               **problem.evaluate(x, y), **algorithm.metrics(state)}
+               **metric_row(problem.evaluate(x, y)), **algorithm.metrics(state)}
+        files.append_row(row)  # first: a row that could not be written is not in the summary either
         rows.append(row)
-        files.append_row(row)
         return row
 
     status = "completed"
@@ -191,26 +211,31 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
     bar = tqdm(total=run.rounds, initial=start, disable=not show, leave=False,
                desc=f"{run.algorithm['name']}", unit="round")
     try:
-        if ck is None:
-            evaluate(0)
-        for t in range(start, run.rounds):
+        reached = control.after_eval(evaluate(0), rows[0]) if ck is None else False
+        for t in range(start, start if reached else run.rounds):
             tic = time.perf_counter()
             state = algorithm.step(state, t)
             train_s += time.perf_counter() - tic
             check_finite(state, t + 1, comm)  # before any output: a diverged state is never saved
+            control.after_step(algorithm.point(state), t + 1)  # grown far past the start: diverged
             if (t + 1) % run.eval_every == 0 or t + 1 == run.rounds:
                 row = evaluate(t + 1)
+                reached = control.after_eval(row, rows[0])  # True: the target `until` is met
                 bar.set_postfix(upper_loss=f"{row['upper_loss']:.4g}", refresh=False)
-            if out is not None and checkpoint.due(t + 1, run.checkpoint_every, run.rounds):
+            if out is not None and (reached or checkpoint.due(t + 1, run.checkpoint_every, run.rounds)):
                 checkpoint.save(out, comm.rank, checkpoint.Checkpoint(
-                    t + 1, state, comm.stats.as_dict(), train_s, len(rows)), comm.world_size)
+                    t + 1, state, comm.stats.as_dict(), train_s, len(rows), config), comm.world_size)
                 saved = t + 1
             bar.update(1)
+            if reached:
+                break
     except DivergenceError as exc:
         status = "diverged"
-        kept = (f"the checkpoint of round {saved} is kept" if saved is not None
-                else "no checkpoint was written") if out is not None else "nothing was saved (no output folder)"
-        raise DivergenceError(f"{exc}; {kept}") from None
+        raise DivergenceError(f"{exc}; {_kept(out, saved)}") from None
+    except safeio.WriteError as exc:
+        status = "failed"
+        raise safeio.WriteError(f"{exc}; the run stopped, {_kept(out, saved)} "
+                                f"and {len(rows)} whole metric rows", exc.path) from None
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -219,16 +244,32 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
         raise
     finally:
         bar.close()
-        files.write_json("summary.json", summary(rows, status, run))
+        try:
+            files.write_json("summary.json", summary(rows, status, run))
+        except safeio.WriteError:
+            if status == "completed":
+                raise  # else the error that stopped the run is the one to report
     x, y = algorithm.point(state)
-    return Result(rows, x, y, state, config, files.dir, status, {"resumed_from": start} if resume else {})
+    extra = {"resumed_from": start} if resume else {}
+    if run.until is not None:
+        extra["target"] = stopping.target_info(run.until, rows)
+    return Result(rows, x, y, state, config, files.dir, status, extra)
+
+
+def _kept(out: Path | None, saved: int | None) -> str:
+    if out is None:
+        return "nothing was saved (no output folder)"
+    return f"the checkpoint of round {saved} is kept" if saved is not None else "no checkpoint was written"
 
 
 def resume(out: str | Path, progress: bool = False, problem: Problem | None = None,
-           comm: Communicator | None = None) -> Result:
+           comm: Communicator | None = None, changes: dict[str, Any] | None = None) -> Result:
     """Continue the run in folder ``out`` from its last checkpoint (from round 0 if it has none),
-    with the configuration in its config.json; pass ``problem`` again for a user-defined one."""
+    with the configuration in its config.json; pass ``problem`` again for a user-defined one.
+    ``changes``: new values of the fields that may change on resume (folders.RESUMABLE, and
+    ``procs``, which must equal the number of processes that wrote the checkpoint)."""
     raw = checkpoint.load_config(Path(out), user_problem=problem is not None)
+    raw.update(folders.check_changes(changes or {}))
     if problem is not None:
         raw["workers"] = problem.n_workers
     user_problem = problem
@@ -249,19 +290,23 @@ def summary(rows: list[dict[str, Any]], status: str, run: RunConfig) -> dict[str
         vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         if vals:
             best[key] = max(vals)
-    return {"status": status, "final": final, "best": best,
-            "totals": {k: final.get(k) for k in ("round", "bits_up", "bits_down", "comm_rounds", "wall_s")},
-            "rounds_planned": run.rounds}
+    out = {"status": status, "final": final, "best": best,
+           "totals": {k: final.get(k) for k in ("round", "bits_up", "bits_down", "comm_rounds", "wall_s")},
+           "rounds_planned": run.rounds}
+    if run.until is not None:  # the target: reached or not, at which round, with which bits
+        out["target"] = stopping.target_info(run.until, rows)
+    return out
 
 
 def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba", *,
         out: str | Path | None = None, progress: bool = False, overrides: list[str] | None = None,
-        comm: Communicator | None = None, **top: Any) -> Result:
+        comm: Communicator | None = None, overwrite: bool = False, **top: Any) -> Result:
     """Run one configuration from Python; the keywords are the CLI's (see ``distbo run --help``).
 
     ``task`` is a task name, a dict ``{"name": ..., **params}`` or your own ``distbo.Problem``;
     ``algorithm`` a name or ``{"name": ..., **hyper}``; other keywords are top-level fields
     (compressor, rounds, workers, seed, eval_every, ...); ``overrides`` are ``key=value`` strings.
+    A folder ``out`` that already holds a run is refused unless ``overwrite`` (then it is cleared).
     """
     from .config import apply_set
 
@@ -269,11 +314,10 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
     raw: dict[str, Any] = {"algorithm": algorithm, **top}
     if problem is None:
         raw["task"] = task
-    else:
-        raw["workers"] = problem.n_workers
-        raw["dtype"] = "float64" if problem.dtype == torch.float64 else "float32"
     for item in overrides or []:
         apply_set(raw, item)
+    if problem is not None:
+        user_settings(problem, raw)  # workers / dtype / task.* it would ignore: one-line errors
     user_problem = problem
     res, problem = resolve(raw, problem)
     out = Path(out) if out is not None else None
@@ -282,5 +326,7 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
 
         return run_flower(raw, out, progress, user_problem)
     if res.run.procs > 1 and comm is None and not in_job():  # start the processes (launch.py)
+        if out is not None:
+            folders.prepare_locked(out, overwrite)
         return run_procs(raw, user_problem, out, progress, res.run.procs, res.run.timeout, res.run.workers)
-    return execute(res, problem, out, progress, comm)
+    return execute(res, problem, out, progress, comm, overwrite=overwrite)

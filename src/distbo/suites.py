@@ -1,25 +1,39 @@
 """Named suites of runs (``configs/suites/NAME.toml``) and ``distbo reproduce``.
 
 A suite file holds a one-line ``description``, a ``[plot]`` section (metrics fields ``x`` and ``y``)
-and ``[[runs]]``, each with a ``label``, a run ``config`` (a path relative to the repository root)
-and optional ``set`` overrides. Reproducing a suite checks every run's configuration first, then
-runs each into its own sub-folder of the output folder, and draws ``figure.png`` and writes
-``table.md`` / ``table.csv`` there. A run whose folder already holds a finished (completed or
-diverged) run of the same configuration is reused; an interrupted one is resumed from its
-checkpoint. A run that diverges stays in the figure and table up to its last good round.
+and its runs: ``[[runs]]``, each with a ``label``, a run ``config`` (a path relative to the
+repository root) and optional ``set`` overrides, and/or ``[[grids]]``, each the Cartesian product of
+its ``axes`` (axis name -> options; an option is a list of ``set`` items, or one ``key=value``
+string named by its value), labelled by the options' names, which also become the runs' ``tags``.
+A suite may instead ``include`` other suites (reproduced one after the other into sub-folders).
+
+Reproducing a suite checks every run's configuration first, then runs each into its own sub-folder
+of the output folder, and draws ``figure.png`` and writes ``table.md`` / ``table.csv`` and
+``report.md`` there; a suite with an ``analysis`` (distbo.claims) writes that analysis's figures,
+tables and verdict lines instead. ``--quick`` runs a scaled-down version (section ``[quick]``:
+rounds scaled by ``scale`` and capped at ``max_rounds``, extra ``set`` items, and only the
+``first`` k options of the named grid axes) into NAME-quick. A run whose folder already holds a
+finished (completed or diverged) run of the same configuration is reused; an interrupted one is
+resumed from its checkpoint; a run of another configuration is replaced (the log line says so). A run that diverges stays in the figure and table up to its last good
+round.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .config import apply_set, load_toml
 from .errors import ConfigError, unknown
+from .folders import check_out, holds_run, prepare_locked
+from .safeio import read_json
 from .registry import Params, validate
 
 SUITES = Path("configs") / "suites"
@@ -37,13 +51,79 @@ class SuiteRun(Params):
     label: str = Field(min_length=1, description="legend and table label")
     config: str = Field(min_length=1, description="run config, relative to the repository root")
     set: list[str] = Field(default_factory=list, description="--set overrides")
+    tags: dict[str, str] = Field(default_factory=dict, description="what the run stands for (for analyses)")
+
+
+class Grid(Params):
+    config: str = Field(min_length=1, description="run config, relative to the repository root")
+    set: list[str] = Field(default_factory=list, description="--set overrides of every run of the grid")
+    tags: dict[str, str] = Field(default_factory=dict, description="tags of every run of the grid")
+    axes: dict[str, dict[str, list[str]] | list[str]] = Field(
+        min_length=1, description="axis -> options: {name = [set items]} or ['key=value', ...]")
+
+
+class Quick(Params):
+    scale: float = Field(0.05, gt=0, le=1, description="share of each run's rounds")
+    max_rounds: int = Field(20, ge=1, description="at most this many rounds per run")
+    set: list[str] = Field(default_factory=list, description="--set overrides of every run")
+    first: dict[str, int] = Field(default_factory=dict, description="grid axis -> keep its first k options")
+    options: dict[str, Any] = Field(default_factory=dict, description="analysis options that replace the suite's")
 
 
 class Suite(Params):
     description: str
     plot: PlotSpec = Field(default_factory=PlotSpec)
     target: str | None = Field(None, description="table target, FIELD<=VALUE or FIELD>=VALUE")
-    runs: list[SuiteRun] = Field(min_length=1)
+    runs: list[SuiteRun] = Field(default_factory=list)
+    grids: list[Grid] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=list, description="other suites, reproduced in turn")
+    analysis: str | None = Field(None, description="a claim analysis of distbo.claims")
+    options: dict[str, Any] = Field(default_factory=dict, description="options of the analysis")
+    quick: Quick = Field(default_factory=Quick)
+
+    @model_validator(mode="after")
+    def _has_runs(self) -> "Suite":
+        if not (self.runs or self.grids or self.include):
+            raise ValueError("a suite needs [[runs]], [[grids]] or include")
+        return self
+
+
+def _options(name: str, axis: dict[str, list[str]] | list[str]) -> list[tuple[str, str, list[str]]]:
+    """(tag value, label part, set items) of each option of an axis."""
+    if isinstance(axis, dict):
+        return [(opt, opt if re.search("[A-Za-z]", opt) else f"{name}={opt}", items) for opt, items in axis.items()]
+    values = [item.partition("=")[2].strip().strip('"') for item in axis]
+    return [(v, f"{name}={v}", [item]) for v, item in zip(values, axis)]
+
+
+def expand(suite: Suite, quick: bool = False) -> list[SuiteRun]:
+    """The suite's runs: its [[runs]], then every grid's product of options (label = option names).
+    With ``quick``, only the first k options of the axes named in ``quick.first``."""
+    out = list(suite.runs)
+    for g in suite.grids:
+        axes = []
+        for name, axis in g.axes.items():
+            opts = _options(name, axis)
+            if quick and name in suite.quick.first:
+                opts = opts[: suite.quick.first[name]]
+            axes.append([(name, *o) for o in opts])
+        for combo in itertools.product(*axes):
+            tags = {**g.tags, **{name: value for name, value, *_ in combo}}
+            label = " ".join([*g.tags.values(), *(part for _, _, part, _ in combo)])
+            out.append(SuiteRun(label=label, config=g.config, tags=tags,
+                                set=[*g.set, *(item for *_, items in combo for item in items)]))
+    return out
+
+
+def scale_down(raw: dict, quick: Quick) -> None:
+    """--quick: fewer rounds (evaluated at least four times), then the suite's quick overrides."""
+    rounds = raw.get("rounds", 1000)
+    if isinstance(rounds, int):
+        raw["rounds"] = min(quick.max_rounds, max(2, math.ceil(rounds * quick.scale)))
+        every = raw.get("eval_every", 10)
+        raw["eval_every"] = max(1, min(every if isinstance(every, int) else 10, raw["rounds"] // 4))
+    for item in quick.set:
+        apply_set(raw, item)
 
 
 def roots() -> list[Path]:
@@ -77,7 +157,12 @@ def describe_all() -> list[tuple[str, str]]:
 
 def load_file(p: Path) -> Suite:
     try:
-        return validate(Suite, load_toml(p), "")
+        suite = validate(Suite, load_toml(p), "")
+        if suite.analysis is not None:
+            from . import claims
+
+            claims.check(suite.analysis)
+        return suite
     except ConfigError as exc:
         raise ConfigError(f"{p} {exc.field}".strip(), exc.message) from None
 
@@ -95,13 +180,13 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "run"
 
 
-def prepare(suite: Suite, root: Path) -> list[tuple[SuiteRun, dict, Any, Any]]:
+def prepare(suite: Suite, root: Path, quick: bool = False) -> list[tuple[SuiteRun, dict, Any, Any]]:
     """Check every run's configuration before any of them starts: (run, raw, Resolved, Problem)."""
     from .runner import resolve
 
     seen: dict[str, str] = {}
     out = []
-    for i, r in enumerate(suite.runs):
+    for i, r in enumerate(expand(suite, quick)):
         folder = slug(r.label)
         if folder in seen:
             raise ConfigError(f"runs.{i}.label", f"'{r.label}' and '{seen[folder]}' would share the folder '{folder}'")
@@ -110,10 +195,12 @@ def prepare(suite: Suite, root: Path) -> list[tuple[SuiteRun, dict, Any, Any]]:
             raw = load_toml(root / r.config)
             for item in r.set:
                 apply_set(raw, item)
+            if quick:
+                scale_down(raw, suite.quick)
             res, problem = resolve(raw)
         except ConfigError as exc:
             raise ConfigError(f"run '{r.label}': {exc.field}", exc.message) from None
-        out.append((r, raw, res, problem))
+        out.append((r, raw, res, None))  # the problem is built again when the run starts
     return out
 
 
@@ -122,40 +209,88 @@ def _state(folder: Path, res: Any) -> str:
     conf, summ = folder / "config.json", folder / "summary.json"
     if not conf.is_file():
         return "new"
-    stored = {k: v for k, v in json.loads(conf.read_text()).items() if k != "task_info"}
+    stored = {k: v for k, v in read_json(conf, "--out").items() if k != "task_info"}
     if stored != json.loads(json.dumps(res.as_dict(), default=str)):
         return "new"
-    status = json.loads(summ.read_text()).get("status") if summ.is_file() else None
+    status = read_json(summ, "--out").get("status") if summ.is_file() else None
     return "done" if status in ("completed", "diverged") else "resume"
 
 
-def reproduce(name: str, out: str | Path | None = None, progress: bool = True, log=print) -> Path:
-    """Run suite ``name`` into ``out`` (default runs/NAME); write figure.png, table.md, table.csv."""
-    from . import plotting, rundirs, tables
+def reproduce(name: str, out: str | Path | None = None, progress: bool = True, log=print,
+              quick: bool = False) -> Path:
+    """Run suite ``name`` into ``out`` (default runs/NAME, runs/NAME-quick with ``quick``); write its
+    figure(s), table(s) and report.md, and log how long it took."""
+    suite, root = find(name)
+    out = check_out(Path(out) if out is not None else Path("runs") / (f"{name}-quick" if quick else name))
+    tic = time.perf_counter()
+    if suite.include:
+        for sub in suite.include:
+            find(sub)  # every name is checked before anything runs
+        parts = [reproduce(sub, out / sub, progress, log, quick) for sub in suite.include]
+        text = "\n".join(re.sub(r"\]\((?!http)([^)]+\.png)\)", rf"]({p.name}/\1)", (p / "report.md").read_text())
+                          for p in parts)
+        (out / "report.md").write_text(f"# {suite.description}\n\n{_stamp(name, quick)}\n\n{text}")
+        for p in parts:
+            verdicts = p / "verdicts.txt"
+            if verdicts.is_file():
+                log(verdicts.read_text().rstrip())
+    else:
+        runs = prepare(suite, root, quick)
+        dirs = _run_all(runs, out, progress, log)
+        _report(suite, name, [r for r, *_ in runs], dirs, out, log, quick)
+    log(f"suite {name}{' (quick)' if quick else ''}: {time.perf_counter() - tic:.1f} s -> {out / 'report.md'}")
+    return out
+
+
+def _stamp(name: str, quick: bool) -> str:
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"`distbo reproduce {name}{' --quick' if quick else ''}`, {when}"
+
+
+def _run_all(runs: list, out: Path, progress: bool, log) -> list:
+    """Run (or reuse, or resume) every prepared run into its sub-folder; the loaded run folders."""
+    from . import rundirs
     from .errors import DivergenceError
     from .launch import in_job, run_procs
-    from .runner import execute
+    from .runner import execute, resolve
 
-    suite, root = find(name)
-    runs = prepare(suite, root)
-    out = Path(out) if out is not None else Path("runs") / name
-    for i, (r, raw, res, problem) in enumerate(runs, 1):
+    for i, (r, raw, res, _) in enumerate(runs, 1):
         folder = out / slug(r.label)
         state, note = _state(folder, res), ""
+        if state == "new" and holds_run(folder):  # the suite's run changed: replace the old one
+            prepare_locked(folder, overwrite=True)
+            note = " (replaced a run of another configuration)"
         tic = time.perf_counter()
         try:
             if state != "done" and res.run.procs > 1 and not in_job():
                 run_procs(raw, None, folder, progress, res.run.procs, res.run.timeout, res.run.workers,
                           resume=state == "resume")
             elif state != "done":
+                res, problem = resolve(raw)  # built again here: a suite does not hold every data set at once
                 execute(res, problem, folder, progress=progress, resume=state == "resume")
         except DivergenceError as exc:
-            note = f" ({exc})"
+            note = f"{note} ({exc})"
         log(f"[{i}/{len(runs)}] {r.label}: " + ("up to date" if state == "done" else
                                                 f"{'resumed' if state == 'resume' else 'ran'} in "
                                                 f"{time.perf_counter() - tic:.1f} s") + f" -> {folder}{note}")
-    dirs = [rundirs.load(out / slug(r.label)) for r, *_ in runs]
-    labels = [r.label for r, *_ in runs]
+    return [rundirs.load(out / slug(r.label)) for r, *_ in runs]
+
+
+def _report(suite: Suite, name: str, runs: list[SuiteRun], dirs: list, out: Path, log, quick: bool) -> None:
+    """The suite's figure(s), table(s), verdicts and report.md: its analysis's, or the generic ones."""
+    from . import plotting, rundirs, tables
+
+    head = f"## {suite.description}\n\n{_stamp(name, quick)}\n"
+    if suite.analysis is not None:
+        from . import claims
+
+        options = {**suite.options, **(suite.quick.options if quick else {})}
+        rep = claims.analyse(suite.analysis, runs, dirs, options)
+        rep.write(out, head)
+        log("\n".join(t.text() for t in rep.tables).rstrip())
+        log(f"wrote {out / 'report.md'} and its figures and tables")
+        return
+    labels = [r.label for r in runs]
     x = rundirs.field_name(dirs, suite.plot.x, "plot.x")
     y = rundirs.field_name(dirs, suite.plot.y, "plot.y")
     fig = plotting.figure(dirs, x, y, labels, suite.plot.xscale, suite.plot.yscale,
@@ -165,6 +300,6 @@ def reproduce(name: str, out: str | Path | None = None, progress: bool = True, l
     header, body = tables.build(dirs, labels, target)
     (out / "table.md").write_text(tables.to_markdown(header, body))
     (out / "table.csv").write_text(tables.to_csv(header, body))
+    (out / "report.md").write_text(f"{head}\n![{name}](figure.png)\n\n{tables.to_markdown(header, body)}")
     log(tables.to_text(header, body).rstrip())
     log(f"wrote {out / 'figure.png'}, {out / 'table.md'}, {out / 'table.csv'}")
-    return out

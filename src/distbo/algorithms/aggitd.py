@@ -17,11 +17,12 @@ last backward round, which does not send v^0 (not needed): 2N + 1 rounds per out
 (ALGORITHMS.md sends grad_x F_i in the v^N round; by linearity sending it with the last round
 gives the same grad_hat and saves one d_x-vector per client, the dominant cost when d_x >> d_y.) With fixed samples
 grad_hat is exactly the derivative of x -> F(x, y^N(x)) through the aggregated trajectory (the
-warm start carries no gradient); see tests/test_aggitd.py.
+warm start carries no gradient); see tests/test_aggitd.py. With a compressed down-link the
+clients use their copies of x, y and each v^r (algorithms/federated.py).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -39,6 +40,7 @@ class AggITDParams(FederatedParams):
 class AggITDState(NamedTuple):
     x: Tensor
     y: Tensor  # the server's (averaged) lower-level variable, the warm start y^0
+    down: Any = ()  # the clients' public copies of x and y (compressed down-link)
 
 
 class AggITD(FederatedAlgorithm):
@@ -46,27 +48,31 @@ class AggITD(FederatedAlgorithm):
     hp: AggITDParams
 
     def init(self) -> AggITDState:
-        return AggITDState(*self.x0y0())
+        x, y = self.x0y0()
+        return AggITDState(x, y, self.copies(x, y))
+
+    def channels(self) -> dict[str, int]:
+        return {f"v/{r}": self.problem.d_y for r in range(self.hp.inner_rounds)}
 
     def step(self, s: AggITDState, t: int) -> AggITDState:
-        fr = self.begin(t, x=s.x, y=s.y)
+        fr = self.begin(t, s.down, x=s.x, y=s.y)
         g = [fr.batches("g", self.hp.local_steps) for _ in range(self.hp.inner_rounds)]
         grad, y = self.hypergradient(fr, s.x, s.y, g, fr.batch("f"))
-        return AggITDState(s.x - self.hp.alpha * grad, y)
+        return AggITDState(s.x - self.hp.alpha * grad, y, self.copies_after(fr))
 
     def hypergradient(self, fr: FedRound, x: Tensor, y: Tensor, g: list[list[Batch | None]],
                       f: Batch | None) -> tuple[Tensor, Tensor]:
         """(grad_hat, y^N) from y^0 = ``y`` on the given minibatches: ``g[r][m]`` is the local
         step m of FedAvg round r, ``f`` the upper-level sample (2N + 1 exchanges)."""
-        beta, c = self.hp.beta, self.clients
+        beta, c, x = self.hp.beta, self.clients, fr.seen("x", x)
         iterates = []  # iterates[r][m] = y_i^{r,m} (per participant)
         for batches in g:
             y, starts = fedavg_round(fr, c, x, y, batches, beta, keep=True)
             iterates.append(starts)
-        acc, v = c.grad_f(x, y, f)  # each client keeps grad_x F_i and adds its r_i to it
+        acc, v = c.grad_f(x, fr.seen("y", y), f)  # each client keeps grad_x F_i and adds its r_i to it
         v = fr.exchange({"v": v})["v"]
         for r in reversed(range(len(g))):
-            fr.broadcast({"v": v})
+            v = fr.broadcast({"v": v})["v"]
             u = v.unsqueeze(0).expand(fr.n, -1)
             for m in reversed(range(len(g[r]))):
                 hx, hy = c.hvp_g(x, iterates[r][m], u, g[r][m])

@@ -18,6 +18,7 @@ from pydantic import Field
 from .. import rng
 from ..comm.base import Communicator
 from ..compressors.base import Compressor
+from ..errors import ConfigError
 from ..oracles import Oracles
 from ..problems.base import Problem
 from ..registry import Params, Registry
@@ -47,6 +48,7 @@ class Context:
     clients: Clients = field(default_factory=Clients)
     downlink: Compressor | None = None  # None: the server broadcasts uncompressed
     rounds: int | None = None  # planned outer iterations (None: not known)
+    worker_chunk: int | None = None  # oracles evaluate at most this many workers at once (None: all)
 
 
 class StepSizes(Params):
@@ -57,6 +59,18 @@ class StepSizes(Params):
     gamma: float = Field(0.1, gt=0, description="linear-system (v) step size")
     schedule: Literal["constant", "sqrt"] = Field("constant", description="constant or 1/sqrt(k+1) decay")
     radius: float | None = Field(None, gt=0, description="project v onto ||v|| <= radius (off if unset)")
+
+
+def check_clients(clients: Clients, uses: tuple[str, ...], algorithm: str) -> None:
+    """Refuse ``clients`` settings (away from their defaults) that the algorithm would ignore."""
+    default = Clients()
+    for name in ("fraction", "resources", "policy"):
+        if name not in uses and getattr(clients, name) != getattr(default, name):
+            users = {"fraction": "aggitd, fednest, lfednest, rabo, rafbo", "resources": "rabo, rafbo",
+                     "policy": "rabo, rafbo"}[name]
+            raise ConfigError(f"clients.{name}", f"{algorithm} does not use it and would ignore "
+                              f"{getattr(clients, name)!r}; allowed: {getattr(default, name)!r} "
+                              f"(algorithms that use it: {users})")
 
 
 def schedule_factor(schedule: str, t: int) -> float:
@@ -74,13 +88,15 @@ def project_ball(v: Tensor, radius: float | None) -> Tensor:
 
 class Algorithm(ABC):
     Hyper: ClassVar[type[Params]] = Params
+    #: the ``clients`` settings this algorithm uses; setting another one is refused (``check_clients``)
+    client_settings: ClassVar[tuple[str, ...]] = ()
     #: names of the hyper-parameters a task's ``defaults`` may fill in
     name: str = ""
 
     def __init__(self, ctx: Context, hp: Params):
         self.ctx, self.hp = ctx, hp
         self.problem, self.comm = ctx.problem, ctx.comm
-        self.oracles = Oracles(ctx.problem)
+        self.oracles = Oracles(ctx.problem, ctx.worker_chunk)
         self.workers = ctx.comm.local_workers
 
     @abstractmethod

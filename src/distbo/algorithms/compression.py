@@ -141,11 +141,12 @@ class CompressedDownlink:
         return z_hat
 
     def send(self, z_hat: Vectors, z: Vectors, comm: Communicator,
-             keys: Callable[[], dict[str, Tensor]]) -> Vectors:
-        """``keys()`` gives the per-variable keys (drawn only when the broadcast is compressed)."""
+             keys: Callable[[], dict[str, Tensor]], receivers: int | None = None) -> Vectors:
+        """``keys()`` gives the per-variable keys (drawn only when the broadcast is compressed);
+        ``receivers`` as in ``comm.broadcast`` (default: every worker)."""
         keys = keys()
         payloads = {k: self.c.compress((z[k] - z_hat[k]).unsqueeze(0), keys[k]) for k in z}
-        comm.broadcast(payloads)
+        comm.broadcast(payloads, receivers)
         return {k: z_hat[k] + payloads[k].decoded()[0].to(z_hat[k].dtype) for k in z}
 
 

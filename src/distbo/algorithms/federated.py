@@ -12,23 +12,43 @@ number of exchanges.
 
 ``local_steps`` is the clients' work of FedAvg (plain local SGD) and of FedInn (SVRG-corrected
 local steps); ``neumann`` the truncated Neumann series of FedIHGP (global) and LFedNest (local).
+
+Down-link (``ctx.downlink``; docs/composition.md). Every server->client broadcast goes through
+``FedRound.broadcast``, which returns what the clients hold; the algorithms compute with that
+(``FedRound.seen`` for x and y) and the server updates its exact values. With a compressed
+down-link every broadcast *channel* is an EF21-P copy shared by the server and all clients
+(``compression.CompressedDownlink``): the server sends C'(u - u_hat) and both sides set
+u_hat += it, so every client holds the same copy and what C' dropped is sent with the channel's
+next broadcast (server-side error feedback per channel). The channels are x and y (one each: y is
+broadcast at the start of a round and after each averaging round) and, for the per-round vectors,
+one per vector and position in the round (``q/r`` of inner round r, ``b/0``, ``hp/k`` of Neumann
+term k, ``h/0``, AggITD's ``v/r`` of backward round r): each tracks the same quantity from one
+outer iteration to the next, which settles as x converges, so its differences shrink. (A copy
+restarted every round would send C'(b) for a vector sent once per round and keep its error.)
+The copies are part of the algorithm's state (``down``; x, y start at x_0, y_0, the others at
+0). To keep every copy identical each broadcast goes to every client, sampled or not: with
+client sampling the compressed down-link counts n receivers per broadcast where the
+uncompressed one counts the participants. An identity down-link is the uncompressed broadcast;
+with a compressor at rate 1 (topk:1.0) the copies equal the server's values up to rounding
+(tests/test_aggitd.py).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from pydantic import Field
 
 from .. import rng
 from ..comm.messages import Dense, DenseSum, Message
-from ..errors import ConfigError
 from ..oracles import Oracles
 from ..problems.base import Batch
 from ..registry import Params
-from .base import STREAM_CLIENTS, STREAM_F, STREAM_G, Algorithm, Context
+from .base import STREAM_CLIENTS, STREAM_COMPRESS, STREAM_F, STREAM_G, Algorithm, Context
+from .compression import CompressedDownlink
 
 Tensor = torch.Tensor
+DOWN = -1  # sub-key of the down-link's broadcasts (the up-link's count exchanges from 0)
 
 
 class FederatedParams(Params):
@@ -94,6 +114,10 @@ class FedRound:
         self.exact = ctx.compressor.kind == "exact"
         self.draws = 0  # minibatches drawn so far (one sub-key each)
         self.rounds = 0  # exchanges so far
+        self.down: CompressedDownlink | None = getattr(alg, "downlink", None)
+        self.held: dict[str, Tensor] = {}  # the clients' copies of the channels (compressed down-link)
+        self.sent: dict[str, int] = {}  # broadcasts per name so far (the position of a per-round vector)
+        self.casts = 0  # compressed broadcasts so far (one sub-key each)
 
     def batch(self, level: str) -> Batch | None:
         """A fresh minibatch per participant at level 'f' or 'g' (None if none is hosted here)."""
@@ -121,26 +145,68 @@ class FedRound:
         self.rounds += 1
         return self.comm.exchange(msgs)
 
-    def broadcast(self, items: dict[str, Tensor]) -> None:
-        """Server -> participants (counted in bits_down)."""
-        self.comm.broadcast(items, receivers=self.total)
+    def broadcast(self, items: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Server -> clients, counted in bits_down; returns what the clients hold: the items (sent
+        to the participants), or with a compressed down-link the channels' updated copies (sent to
+        every client)."""
+        if self.down is None:
+            self.comm.broadcast(items, receivers=self.total)
+            return items
+        names = {k: channel(k, self.sent.get(k, 0)) for k in items}
+        for k in items:
+            self.sent[k] = self.sent.get(k, 0) + 1
+        held = {names[k]: self.held.get(names[k], torch.zeros_like(v)) for k, v in items.items()}
+        server = torch.zeros(1, dtype=torch.int64)
+        rk, cast = self.alg.round_key(self.t), self.casts
+        keys = lambda: {c: rng.key(rk, STREAM_COMPRESS, DOWN, cast, i, server) for i, c in enumerate(held)}
+        new = self.down.send(held, {names[k]: v for k, v in items.items()}, self.comm, keys)
+        self.casts += 1
+        self.held.update(new)
+        return {k: new[names[k]] for k in items}
+
+    def seen(self, name: str, value: Tensor) -> Tensor:
+        """The clients' copy of x or y, whose server value is ``value``."""
+        return value if self.down is None else self.held[name]
+
+
+STATE_CHANNELS = ("x", "y")
+
+
+def channel(name: str, position: int) -> str:
+    """The down-link channel of the ``position``-th broadcast of ``name`` in a round."""
+    return name if name in STATE_CHANNELS else f"{name}/{position}"
 
 
 class FederatedAlgorithm(Algorithm):
     """Base of the federated methods: per-outer-iteration sessions and client oracles."""
 
+    client_settings = ("fraction",)
+
     def __init__(self, ctx: Context, hp):
-        if ctx.downlink is not None:
-            raise ConfigError("downlink", f"the federated methods broadcast uncompressed and would ignore "
-                              f"'{ctx.downlink.spec}'; allowed: identity")
         super().__init__(ctx, hp)
         self.clients = ClientOracles(self.oracles)
+        self.downlink = None if ctx.downlink is None else CompressedDownlink(ctx.downlink)
 
-    def begin(self, t: int, **server: Tensor) -> FedRound:
-        """Open outer iteration t and send the server's state to its participants."""
+    def channels(self) -> dict[str, int]:
+        """The per-round vectors' down-link channels (name -> dimension), besides x and y."""
+        return {}
+
+    def copies(self, x: Tensor, y: Tensor) -> Any:
+        """The down-link's state before round 0: every channel's copy (() if uncompressed)."""
+        if self.downlink is None:
+            return ()
+        return {"x": x, "y": y, **{k: torch.zeros(d, dtype=x.dtype) for k, d in self.channels().items()}}
+
+    def begin(self, t: int, down: Any = (), **server: Tensor) -> FedRound:
+        """Open outer iteration t with the clients' copies ``down`` and send the server's state."""
         fr = FedRound(self, t)
+        fr.held = dict(down) if down else {}
         fr.broadcast(server)
         return fr
+
+    def copies_after(self, fr: FedRound) -> Any:
+        """The down-link's state after the round (() if uncompressed)."""
+        return () if self.downlink is None else fr.held
 
 
 def local_steps(clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batch | None], beta: float,
@@ -167,9 +233,11 @@ def local_steps(clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batc
 
 def fedavg_round(fr: FedRound, clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batch | None],
                  beta: float, q: Tensor | None = None, keep: bool = False) -> tuple[Tensor, list[Tensor]]:
-    """Local steps then one exchange of the model change y - y_i; the server's new y (broadcast)."""
-    Y, starts = local_steps(clients, x, y, batches, beta, fr.n, q, keep)
-    y = y - fr.exchange({"dy": y - Y})["dy"]
+    """Local steps from the clients' y, then one exchange of the model change; the server's new y
+    (broadcast). ``x`` and ``q`` are what the clients hold, ``y`` the server's value."""
+    held = fr.seen("y", y)
+    Y, starts = local_steps(clients, x, held, batches, beta, fr.n, q, keep)
+    y = y - fr.exchange({"dy": held - Y})["dy"]
     fr.broadcast({"y": y})
     return y, starts
 

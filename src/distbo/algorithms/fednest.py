@@ -21,10 +21,13 @@ Rounds per outer iteration: 2T + N + 2 ('svrg'), T + N + 2 ('sgd'), +1 with 'loc
 LFedNest: T rounds of FedAvg (plain local SGD), then each client forms its OWN Neumann series with
 its own Hessian (v_i = eta p_N^i, no communication) and its own hypergradient
 h_i = grad_x F_i - H_xy,i v_i; one round averages them: x <- x - alpha mean_i h_i (T + 1 rounds).
+
+Clients compute with what they hold (``FedRound.seen`` / the values ``FedRound.broadcast``
+returns): with a compressed down-link, the channels' copies (algorithms/federated.py).
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import Field
@@ -53,6 +56,7 @@ class FedNestParams(LFedNestParams):
 class FedNestState(NamedTuple):
     x: Tensor
     y: Tensor  # the server's lower-level variable (warm start of FedInn)
+    down: Any = ()  # the clients' public copies of x and y (compressed down-link)
 
 
 class FedNest(FederatedAlgorithm):
@@ -60,12 +64,22 @@ class FedNest(FederatedAlgorithm):
     svrg_inner = True
 
     def init(self) -> FedNestState:
-        return FedNestState(*self.x0y0())
+        x, y = self.x0y0()
+        return FedNestState(x, y, self.copies(x, y))
+
+    def channels(self) -> dict[str, int]:
+        hp, d = self.hp, self.problem.d_y
+        out = {f"q/{r}": d for r in range(hp.inner_rounds)} if self.svrg_inner and hp.inner == "svrg" else {}
+        if self.svrg_inner:  # FedNest: FedIHGP and FedOut broadcast too; LFedNest only x and y
+            out.update({"b/0": d, **{f"hp/{k}": d for k in range(hp.neumann_terms)}})
+            if hp.outer == "local-svrg":
+                out["h/0"] = self.problem.d_x
+        return out
 
     def step(self, s: FedNestState, t: int) -> FedNestState:
-        fr = self.begin(t, x=s.x, y=s.y)
+        fr = self.begin(t, s.down, x=s.x, y=s.y)
         y = self.fedinn(fr, s.x, s.y)
-        return FedNestState(self.update_x(fr, s.x, y), y)
+        return FedNestState(self.update_x(fr, s.x, y), y, self.copies_after(fr))
 
     def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
         """FedIHGP then FedOut; the server's new x."""
@@ -76,12 +90,12 @@ class FedNest(FederatedAlgorithm):
     def fedinn(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
         """T inner iterations from the server's y; returns the server's new y."""
         svrg = self.svrg_inner and self.hp.inner == "svrg"
-        c = self.clients
+        c, x = self.clients, fr.seen("x", x)
         for _ in range(self.hp.inner_rounds):
             q = None
             if svrg:
-                q = fr.exchange({"q": c.grad_g_y(x, y, fr.batch("g"), reduce=fr.exact)})["q"]
-                fr.broadcast({"q": q})
+                q = fr.exchange({"q": c.grad_g_y(x, fr.seen("y", y), fr.batch("g"), reduce=fr.exact)})["q"]
+                q = fr.broadcast({"q": q})["q"]
             y, _ = fedavg_round(fr, c, x, y, fr.batches("g", self.hp.local_steps), self.hp.beta, q)
         return y
 
@@ -92,14 +106,14 @@ class FedNest(FederatedAlgorithm):
         grad_x F_i is kept by each client (rows, or their local sum when uncompressed) for FedOut.
         """
         c, f = self.clients, fr.batch("f")
+        x, y = fr.seen("x", x), fr.seen("y", y)
         gx, gy = c.grad_f(x, y, f, reduce=fr.exact)
         b = fr.exchange({"b": gy})["b"]
-        fr.broadcast({"b": b})
+        b = fr.broadcast({"b": b})["b"]
 
         def global_product(p: Tensor, k: int) -> Tensor:
             hp = fr.exchange({"hp": c.hvp_g(x, y, p, fr.batch("g"), reduce=fr.exact)[1]})["hp"]
-            fr.broadcast({"hp": hp})  # clients form p_{k+1} themselves
-            return hp
+            return fr.broadcast({"hp": hp})["hp"]  # clients form p_{k+1} themselves
 
         return neumann(b, self.hp.eta, self.hp.neumann_terms, global_product), gx
 
@@ -111,18 +125,19 @@ class FedNest(FederatedAlgorithm):
         return gx - self.clients.hvp_g(x, y, v, g, reduce)[0]
 
     def fedout(self, fr: FedRound, x: Tensor, y: Tensor, v: Tensor, gx: Tensor) -> Tensor:
-        """The x update from v and the clients' grad_x F_i; the server's new x."""
-        hx, _ = self.clients.hvp_g(x, y, v, fr.batch("g"), reduce=fr.exact)
+        """The x update from v and the clients' grad_x F_i; the server's new x (``x``: the server's)."""
+        xc, y = fr.seen("x", x), fr.seen("y", y)
+        hx, _ = self.clients.hvp_g(xc, y, v, fr.batch("g"), reduce=fr.exact)
         h = fr.exchange({"h": gx - hx})["h"]
         if self.hp.outer == "global":
             return x - self.hp.alpha * h
-        fr.broadcast({"h": h})
-        X = x.unsqueeze(0).expand(fr.n, -1)
+        h = fr.broadcast({"h": h})["h"]
+        X = xc.unsqueeze(0).expand(fr.n, -1)
         for _ in range(self.hp.local_steps_x):
             f, g = fr.batch("f"), fr.batch("g")
             X = X - self.hp.alpha * (self.outer_direction(X, y, v, f, g)
-                                     - self.outer_direction(x, y, v, f, g) + h)
-        return x - fr.exchange({"dx": x - X})["dx"]
+                                     - self.outer_direction(xc, y, v, f, g) + h)
+        return x - fr.exchange({"dx": xc - X})["dx"]
 
 
 class LFedNest(FedNest):
@@ -132,10 +147,11 @@ class LFedNest(FedNest):
     def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
         """Local Neumann series and hypergradient per client, one averaging round."""
         c, f = self.clients, fr.batch("f")
-        gx, gy = c.grad_f(x, y, f)
+        xc, y = fr.seen("x", x), fr.seen("y", y)
+        gx, gy = c.grad_f(xc, y, f)
         v = neumann(gy, self.hp.eta, self.hp.neumann_terms,
-                    lambda p, k: c.hvp_g(x, y, p, fr.batch("g"))[1])
-        hx, _ = c.hvp_g(x, y, v, fr.batch("g"))
+                    lambda p, k: c.hvp_g(xc, y, p, fr.batch("g"))[1])
+        hx, _ = c.hvp_g(xc, y, v, fr.batch("g"))
         return x - self.hp.alpha * fr.exchange({"h": gx - hx})["h"]
 
 

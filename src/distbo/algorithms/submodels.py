@@ -75,6 +75,16 @@ class Plan:
     coverage: dict[str, Tensor]  # 'x', 'y' -> [d] float counts
     groups: list[Group]
 
+    def restrict(self, local: Tensor) -> "Plan":
+        """The same round with only the groups' ``local`` clients (a process's share of the plan)."""
+        groups = []
+        for g in self.groups:
+            sel = torch.isin(g.workers, local)
+            if bool(sel.any()):
+                groups.append(Group(g.level, g.workers[sel], [i[sel] for i in g.idx],
+                                    {k: v[sel] for k, v in g.kept.items()}))
+        return Plan(self.coverage, groups)
+
 
 class Layout:
     """How clients' sub-models sit in x and y; subclasses fix the unit families and the compute."""
@@ -104,8 +114,9 @@ class Layout:
                         for f, (h, k) in enumerate(zip(self.families, self.keeps(L)))])
         return out
 
-    def plan(self, t: int, key: Tensor, local: Tensor) -> Plan:
-        """Round t's coverage and the local clients' groups (one per resource level)."""
+    def plan(self, t: int, key: Tensor, local: Tensor, active: Tensor | None = None) -> Plan:
+        """Round t's coverage over the ``active`` clients (all if None; client sampling) and the
+        groups (one per resource level) of the ``local`` clients, which should be active."""
         drawn = self.draw(t, key)
         groups = []
         for L, (workers, idx) in enumerate(zip(self.members, drawn)):
@@ -113,43 +124,57 @@ class Layout:
             if bool(here.any()):
                 sel = [i[here] for i in idx]
                 groups.append(Group(L, workers[here], sel, self.coords(sel)))
-        return Plan(self.coverage(drawn), groups)
+        return Plan(self.coverage(drawn, active), groups)
 
-    def check(self, rounds: int | None, key_of: Callable[[int], Tensor]) -> None:
-        """ConfigError if the policy leaves a coordinate of x or y uncovered for the whole run.
+    def check(self, rounds: int | None, key_of: Callable[[int], Tensor],
+              active_of: Callable[[int], Tensor] | None = None) -> None:
+        """ConfigError if a coordinate of x or y stays uncovered for the whole run.
 
-        Static masks never change (one round decides); rolling windows repeat with period
-        lcm(family sizes); random masks are checked round by round up to ``rounds`` (skipped when the
-        run length is unknown)."""
+        First the policy with every client: static masks never change (one round decides);
+        rolling windows repeat with period lcm(family sizes); random masks are checked round by
+        round up to ``rounds`` (skipped when the run length is unknown). Then, with client sampling
+        (``active_of(t)``: round t's sampled clients), the run's own draws up to ``rounds``: the
+        samples are a pure function of the seed, so a coordinate no sampled client ever covers is
+        known before the run (skipped when the run length is unknown)."""
         if self.policy == "static":
             horizon = 1
         elif self.policy == "rolling":
             horizon = math.lcm(*self.families) if self.families else 1
             horizon = min(horizon, rounds) if rounds is not None else horizon
         else:
-            if rounds is None:
-                return
             horizon = rounds
+        if horizon is not None:
+            miss = self._uncovered(horizon, key_of, None)
+            if miss is not None:
+                span = "every round" if self.policy == "static" else f"all {horizon} rounds"
+                raise ConfigError("clients.policy", f"'{self.policy}' with resources {self.resources} never covers "
+                                  f"{miss} ({span}); use a client with resource 1, more rounds, or another "
+                                  "policy (allowed: " + ", ".join(POLICIES) + ")")
+        if active_of is not None and rounds is not None:
+            miss = self._uncovered(rounds, key_of, active_of)
+            if miss is not None:
+                raise ConfigError("clients.fraction", f"the sampled clients never cover {miss} in all {rounds} "
+                                  "rounds (seed-determined); use a larger fraction, more rounds or another seed")
+
+    def _uncovered(self, horizon: int, key_of, active_of) -> str | None:
+        """'M of D coordinates of V' never covered in rounds 0..horizon-1, or None."""
         seen = {k: torch.zeros(d, dtype=torch.bool) for k, d in self.dims.items()}
         for t in range(horizon):
-            cov = self.coverage(self.draw(t, key_of(t)))
+            cov = self.coverage(self.draw(t, key_of(t)), None if active_of is None else active_of(t))
             for k in seen:
                 seen[k] |= cov[k] > 0
             if all(bool(s.all()) for s in seen.values()):
-                return
+                return None
         var = "x" if not bool(seen["x"].all()) else "y"
-        miss = int((~seen[var]).sum())
-        span = "every round" if self.policy == "static" else f"all {horizon} rounds"
-        raise ConfigError("clients.policy", f"'{self.policy}' with resources {self.resources} never covers {miss} "
-                          f"of {self.dims[var]} coordinates of {var} ({span}); use a client with resource 1, "
-                          "more rounds, or another policy (allowed: " + ", ".join(POLICIES) + ")")
+        return f"{int((~seen[var]).sum())} of {self.dims[var]} coordinates of {var}"
 
     # --- what subclasses define ---
     def coords(self, idx: list[Tensor]) -> dict[str, Tensor]:
         """Positions [n_g, k] in x and y of the coordinates kept with unit indices ``idx``."""
         raise NotImplementedError
 
-    def coverage(self, drawn: list[list[Tensor]]) -> dict[str, Tensor]:
+    def coverage(self, drawn: list[list[Tensor]], active: Tensor | None = None) -> dict[str, Tensor]:
+        """Per coordinate, how many of the ``active`` clients (all if None) keep it."""
         raise NotImplementedError
 
     def losses(self, L: int) -> Any:
@@ -169,9 +194,28 @@ class Layout:
         positions in the full vector: what a client sends (the positions do not travel)."""
         return u.reshape(-1), grp.kept[SPACE[name]].reshape(-1)
 
+    def rows(self, grp: Group, name: str, u: Tensor | None = None) -> list[tuple[int, Tensor, Tensor, Tensor | None]]:
+        """Per resource level among the group's clients: (level, workers [n], positions [n, k] of
+        their kept coordinates in the full vector, the kept entries of ``u`` [n, k] or None): the
+        sub-model vectors a compressor acts on, one row per client."""
+        pos = grp.kept[SPACE[name]]
+        return [(grp.level, grp.workers, pos, None if u is None else u.reshape(pos.shape))]
+
+    def kept_size(self, L: int, space: str) -> int:
+        """Kept coordinates of x or y of a level-L client."""
+        raise NotImplementedError
+
+    def received(self, grp: Group, space: str) -> Tensor:
+        """Positions [n_g, k] of the coordinates the group's clients receive (their computation
+        vectors' entries, in order)."""
+        return grp.kept[space]
+
+    def down_size(self, L: int, space: str) -> int:
+        return self.kept_size(L, space)
+
     def down_floats(self, L: int) -> int:
         """Floats the server sends a level-L client per round (x, y and v as it needs them)."""
-        raise NotImplementedError
+        return self.down_size(L, "x") + 2 * self.down_size(L, "y")
 
     def flops(self, L: int, batch_f: Any, batch_g: Any, steps: int) -> float | None:
         """Multiply-adds x2 of one level-L client per round (None where the task gives no shapes)."""
@@ -203,13 +247,17 @@ class CoordLayout(Layout):
                 out[k][workers[:, None], idx[f]] = True
         return out
 
-    def plan(self, t, key, local):
+    def plan(self, t, key, local, active=None):
         masks = self.masks(self.draw(t, key))
-        cov = {k: m.sum(0).to(self.problem.dtype) for k, m in masks.items()}
+        cov = self._count(masks, active)
         return Plan(cov, [Group(0, local, [], {k: m[local] for k, m in masks.items()})])
 
-    def coverage(self, drawn):
-        return {k: m.sum(0).to(self.problem.dtype) for k, m in self.masks(drawn).items()}
+    def _count(self, masks: dict[str, Tensor], active: Tensor | None) -> dict[str, Tensor]:
+        on = slice(None) if active is None else active
+        return {k: m[on].sum(0).to(self.problem.dtype) for k, m in masks.items()}
+
+    def coverage(self, drawn, active=None):
+        return self._count(self.masks(drawn), active)
 
     def losses(self, L):
         return self._losses
@@ -225,8 +273,27 @@ class CoordLayout(Layout):
         m = grp.kept[SPACE[name]]
         return u[m], torch.nonzero(m)[:, 1]
 
-    def down_floats(self, L):
-        return self.dims["x"] + 2 * self.dims["y"]
+    def rows(self, grp, name, u=None):
+        """One group holds every level here: split it, rows of a level have the same length."""
+        m, level = grp.kept[SPACE[name]], self.level_of[grp.workers]
+        out = []
+        for L in range(len(self.levels)):
+            sel = level == L
+            if bool(sel.any()):
+                ms = m[sel]
+                n = int(sel.sum())
+                pos = torch.nonzero(ms)[:, 1].reshape(n, -1)
+                out.append((L, grp.workers[sel], pos, None if u is None else u[sel][ms].reshape(n, -1)))
+        return out
+
+    def kept_size(self, L, space):
+        return keep_count(self.levels[L], self.dims[space])
+
+    def received(self, grp, space):
+        return torch.arange(self.dims[space]).expand(grp.workers.numel(), -1)
+
+    def down_size(self, L, space):
+        return self.dims[space]  # clients compute on the full vectors
 
 
 class NetLayout(Layout):
@@ -245,11 +312,12 @@ class NetLayout(Layout):
     def coords(self, idx):
         return {k: self.net.coords(k, idx) for k in ("x", "y")}
 
-    def coverage(self, drawn):
+    def coverage(self, drawn, active=None):
         kept = [torch.zeros(self.n, h, dtype=torch.float64) for h in self.families]
         for workers, idx in zip(self.members, drawn):
+            on = slice(None) if active is None else torch.isin(workers, active)
             for f, i in enumerate(idx):
-                kept[f][workers[:, None], i] = 1.0
+                kept[f][workers[on, None], i[on]] = 1.0
         return {k: self.net.coverage(k, kept, self.n).to(self.problem.dtype) for k in ("x", "y")}
 
     def losses(self, L):
@@ -259,8 +327,8 @@ class NetLayout(Layout):
         cx, cy = grp.kept["x"], grp.kept["y"]
         return x[cx], y[cy], v[cy]
 
-    def down_floats(self, L):
-        return self.net.numel("x", self.sub[L]) + 2 * self.net.numel("y", self.sub[L])
+    def kept_size(self, L, space):
+        return self.net.numel(space, self.sub[L])
 
     def flops(self, L, batch_f, batch_g, steps):
         """Forward F = DenseNet.flops of the sub-network; a gradient costs 3F (forward + backward

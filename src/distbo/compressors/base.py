@@ -102,7 +102,7 @@ class Identity(Compressor):
         return 0.0
 
 
-@COMPRESSORS.register("identity", summary="no compression (32 d bits per message)")
+@COMPRESSORS.register("identity", summary="no compression: 32 d bits per message; 32 bits per value in float32, 64 in float64")
 def _identity(arg):
     if arg is not None:
         raise ConfigError("compressor", f"identity takes no argument, got 'identity:{arg}' (use 'identity')")
@@ -119,8 +119,23 @@ def resolve_k(arg: str | None, d: int, field: str = "compressor") -> int:
         raise ConfigError(field, f"size '{arg}' is not a number; use a count (100) or a fraction (0.1)") from None
     if val <= 0:
         raise ConfigError(field, f"size must be > 0, got {arg}")
-    k = round(val * d) if val < 1 or "." in arg else int(val)
-    return max(1, min(d, k))
+    if val < 1 or "." in arg:
+        return max(1, min(d, round(val * d)))
+    if int(val) > d:  # a count larger than the message would send more bits than the message itself
+        raise ConfigError(field, f"size {arg} is more coordinates than a message of {d} values holds; "
+                          f"use a count <= {d} or a fraction of d such as 0.1")
+    return int(val)
+
+
+def check_sizes(comp: Compressor, dims: tuple[int, ...], field: str = "compressor") -> None:
+    """Refuse, before a run starts, a size K that is larger than a message of ``dims`` values."""
+    if getattr(comp, "k_arg", None) is not None:
+        for d in dims:
+            try:
+                resolve_k(comp.k_arg, d, field)
+            except ConfigError as exc:
+                raise ConfigError(field, f"{comp.spec}: {exc.message} (this problem sends vectors of "
+                                  f"{' and '.join(map(str, sorted(set(dims))))} values)") from None
 
 
 def make_compressor(spec: str, field: str = "compressor") -> Compressor:

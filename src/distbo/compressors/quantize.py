@@ -71,7 +71,7 @@ class Sign(Compressor):
 
 
 @COMPRESSORS.register("qsgd", summary="QSGD: s-level stochastic quantization, unbiased "
-                      "(omega = min(d/s^2, sqrt(d)/s)); 32 + d (1 + ceil(log2(s+1))) bits")
+                      "(omega = min(d/s^2, sqrt(d)/s)); 32 + d (1 + ceil(log2(s+1))) bits (the norm is a value); 32 bits per value in float32, 64 in float64")
 def _qsgd(arg):
     if arg is None:
         raise ConfigError("compressor", "qsgd needs a number of levels s >= 1, e.g. qsgd:4")
@@ -84,7 +84,8 @@ def _qsgd(arg):
     return QSGD(s)
 
 
-@COMPRESSORS.register("sign", summary="scaled sign (||u||_1/d) sign(u), contractive (delta >= 1/d); 32 + d bits")
+@COMPRESSORS.register("sign", summary="scaled sign (||u||_1/d) sign(u), contractive (delta >= 1/d); "
+                      "32 + d bits (the scale is a value); 32 bits per value in float32, 64 in float64")
 def _sign(arg):
     if arg is not None:
         raise ConfigError("compressor", f"sign takes no argument, got 'sign:{arg}' (use 'sign')")

@@ -132,12 +132,12 @@ class TopK(Compressor):
 
 
 @COMPRESSORS.register("randk", summary="rand-K: K random coordinates x d/K, unbiased (omega = d/K - 1); "
-                      "32 K + 32 bits")
+                      "32 K + 32 bits (K values and a 32-bit seed); 32 bits per value in float32, 64 in float64")
 def _randk(arg):
     return RandK(check_size("randk", arg))
 
 
 @COMPRESSORS.register("topk", summary="top-K: K largest-magnitude coordinates, contractive (delta = K/d); "
-                      "K (32 + ceil(log2 d)) bits")
+                      "K (32 + ceil(log2 d)) bits (K values and their indices); 32 bits per value in float32, 64 in float64")
 def _topk(arg):
     return TopK(check_size("topk", arg))

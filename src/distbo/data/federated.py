@@ -30,6 +30,13 @@ Tensor = torch.Tensor
 _STREAM = 0xDA7A
 
 
+def draw_rows(offset: Tensor, size: Tensor, workers: Tensor, key: Tensor, batch_size: int) -> Tensor:
+    """[n_local, B] global rows of a with-replacement minibatch from each worker's contiguous shard
+    (``offset``, ``size`` [n]); a pure function of (workers, key)."""
+    local = rng.randint(rng.key(key, workers), size[workers], (batch_size,))
+    return offset[workers].unsqueeze(-1) + local
+
+
 @dataclass
 class Split:
     """One split's samples over the clients, stored client-contiguously."""
@@ -46,8 +53,7 @@ class Split:
 
     def draw(self, workers: Tensor, key: Tensor, batch_size: int) -> Tensor:
         """[n_local, B] global indices of a with-replacement minibatch from each worker's shard."""
-        local = rng.randint(rng.key(key, workers), self.size[workers], (batch_size,))
-        return self.offset[workers].unsqueeze(-1) + local
+        return draw_rows(self.offset, self.size, workers, key, batch_size)
 
     def parts(self) -> list[Tensor]:
         return list(torch.split(torch.arange(self.labels.numel()), self.size.tolist()))

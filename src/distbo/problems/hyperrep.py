@@ -1,26 +1,44 @@
 """Hyper-representation learning (Franceschi et al. 2018; the federated setting of FedNest / AggITD).
 
-An MLP (features -> hidden... -> classes, 784 -> 200 -> 10 by default) whose hidden layer(s) are the
-upper-level variable x (the shared representation) and whose linear head is the lower-level y:
+A network whose representation (the body) is the upper-level variable x and whose linear head is
+the lower-level y:
   g_i(x, y) = mean_{b in train batch of i} CE(head_y(phi_x(a_b)), label_b) + l2/2 ||y||^2
   f_i(x, y) = mean_{b in validation batch of i} CE(head_y(phi_x(a_b)), label_b)
-g is strongly convex in y (a linear head on fixed features plus L2). x starts He-normal (from
-distbo.rng), the head at zero. Metrics: test_acc, test_loss, upper_loss, val_acc.
+g is strongly convex in y (a linear head on fixed features plus L2). Metrics: test_acc, test_loss,
+upper_loss, val_acc. Batches: see problems/classification.py.
 
-Batches: see problems/classification.py. ``units()`` is ``{"net": net}`` with ``net.split`` = the
-number of hidden layers: x = the hidden layers' flat parameters, y = the head's.
+``model = "mlp"`` (default): an MLP (features -> hidden... -> classes, 784 -> 200 -> 10 by default)
+on flat vectors (models.DenseNet); x = the hidden layers, y = the head; x starts He-normal (from
+distbo.rng), the head at zero. ``units()`` is ``{"net": net}`` (hidden-unit pruning).
+``model = "cnn"``: per entry of ``channels``, a 3x3 convolution (padding 1), ReLU and 2x2 max-pool
+(while the image is at least 2 pixels wide), then the flattened features into a linear head.
+x = the convolutions' weights and biases, y = the head's; the images are the dataset's (1 channel
+for MNIST / digits, 3 for CIFAR-10). Same initialisation rule (He-normal convolutions from
+distbo.rng, zero biases and head). Its modules run through ``problems/module.py``'s flat views
+(torch.func.functional_call); RABO / RAFBO prune its coordinates (no unit slicing of convolutions).
 """
 from __future__ import annotations
 
+import math
+from typing import Annotated, Literal
+
 import torch
 from pydantic import Field
+from torch import nn
 
+from .. import rng
 from ..models import DenseNet
-from .classification import ClassificationParams, ClassificationTask, Hidden
+from .classification import _INIT, ClassificationParams, ClassificationTask, Hidden
+from .module import FlatParams
+
+Channels = list[Annotated[int, Field(ge=1, le=4096)]]
 
 
 class HyperrepParams(ClassificationParams):
-    hidden: Hidden = Field([200], min_length=1, max_length=8, description="hidden sizes of the representation (x)")
+    model: Literal["mlp", "cnn"] = Field("mlp", description="representation: MLP (hidden) or CNN (channels)")
+    hidden: Hidden = Field([200], min_length=1, max_length=8, description="hidden sizes of the MLP representation (x)")
+    channels: Channels = Field([16, 32], min_length=1, max_length=8,
+                               description="channels of the CNN's 3x3 convolutions (x), model='cnn'")
 
 
 class Hyperrep(ClassificationTask):
@@ -35,3 +53,61 @@ class Hyperrep(ClassificationTask):
 
     def g(self, x, y, batch, sizes=None):
         return self.ce(x, y, batch, sizes) + self.l2_term(y)
+
+
+def conv_body(image: tuple[int, ...], channels: list[int]) -> tuple[nn.Sequential, int]:
+    """The CNN representation for images of ``image`` = (C, H, W) and its output features."""
+    c, h, w = image
+    layers: list[nn.Module] = []
+    for out in channels:
+        layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU()]
+        if min(h, w) >= 2:
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        c = out
+    return nn.Sequential(*layers, nn.Flatten()), c * h * w
+
+
+class HyperrepCNN(Hyperrep):
+    """Hyperrep with a convolutional representation (``model = "cnn"``)."""
+
+    def __init__(self, workers: int = 10, seed: int = 0, dtype=torch.float32,
+                 params: HyperrepParams | None = None, **kw):
+        p = params or HyperrepParams(model="cnn", **kw)
+        ClassificationTask.__init__(self, workers, seed, dtype, p)
+        shape = tuple(self.data.shape)
+        self.image = (1, *shape) if len(shape) == 2 else shape
+        body, features = conv_body(self.image, p.channels)
+        head = nn.Linear(features, self.data.classes)
+        self.body, self.head = body.to(dtype), head.to(dtype)
+        self.up, self.low = FlatParams(self.body, "task.channels"), FlatParams(self.head, "task")
+        self.d_x, self.d_y = self.up.numel, self.low.numel
+
+    def logits(self, x, y, inputs, sizes=None):
+        images = inputs.reshape(*inputs.shape[:-1], *self.image)
+        return self.low.bind(y)(self.up.bind(x)(images))
+
+    def init(self, seed):
+        """He-normal convolutions (std sqrt(2 / fan_in)) from distbo.rng, zero biases, zero head."""
+        key = rng.key(seed, _INIT, 0)
+        pieces = []
+        for i, (name, shape) in enumerate(zip(self.up.names, self.up.shapes)):
+            n = math.prod(shape)
+            if name.endswith("weight"):
+                fan_in = math.prod(shape[1:])
+                pieces.append(rng.normal(rng.key(key, i), (n,), self.dtype) * math.sqrt(2.0 / fan_in))
+            else:
+                pieces.append(torch.zeros(n, dtype=self.dtype))
+        return torch.cat(pieces), torch.zeros(self.d_y, dtype=self.dtype)
+
+    def describe(self):
+        return {**self.data.describe(), "model": "cnn", "image": list(self.image),
+                "channels": list(self.params.channels), "d_x": self.d_x, "d_y": self.d_y}
+
+    def units(self):
+        return None
+
+
+def make_hyperrep(p: HyperrepParams, workers: int, seed: int, dtype: torch.dtype) -> Hyperrep:
+    cls = HyperrepCNN if p.model == "cnn" else Hyperrep
+    return cls(workers=workers, seed=seed, dtype=dtype, params=p)

@@ -9,7 +9,7 @@ from pydantic import Field
 from ..registry import Params, Registry, validate
 from .base import Problem
 from .hyperclean import Hyperclean, HypercleanParams
-from .hyperrep import Hyperrep, HyperrepParams
+from .hyperrep import HyperrepParams, make_hyperrep
 from .quadratic import Quadratic
 
 TASKS = Registry("task")
@@ -37,9 +37,10 @@ def _hyperclean(p: HypercleanParams, workers: int, seed: int, dtype: torch.dtype
 
 
 @register_task("hyperrep", HyperrepParams,
-               "hyper-representation: MLP hidden layers x, linear head y (mnist5k, digits, idx:PATH)")
+               "hyper-representation: MLP hidden layers (or CNN convolutions, model=cnn) x, linear head y "
+               "(mnist5k, digits, idx:PATH, cifar10:PATH)")
 def _hyperrep(p: HyperrepParams, workers: int, seed: int, dtype: torch.dtype) -> Problem:
-    return Hyperrep(workers=workers, seed=seed, dtype=dtype, params=p)
+    return make_hyperrep(p, workers, seed, dtype)
 
 
 def make(name: str, workers: int = 8, seed: int = 0, dtype: torch.dtype = torch.float32,
