@@ -140,8 +140,9 @@ def run_deployment(raw: dict[str, Any], out: Path | None, progress: bool = False
     seconds = time.perf_counter() - tic
     err = out / "error.txt"
     if err.is_file():  # the ServerApp's one line (a failing node names itself)
+        line = err.read_text().strip()
         shutil.rmtree(tmp, ignore_errors=True)
-        raise NodeError(err.read_text().strip(), None, 1)
+        raise NodeError(line, None, 1)
     if not (out / "summary.json").is_file():
         raise LaunchError(f"the Flower deployment run wrote no results; logs in {tmp}", None, 1)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
