@@ -188,10 +188,13 @@ class Resolved:
     run: RunConfig
     task: Params | None  # None for a user-supplied Problem
     algorithm: Params
+    derived: dict[str, Any] | None = None  # inputs of the derived defaults (defaults.py)
 
     def as_dict(self) -> dict[str, Any]:
         d = self.run.model_dump()
         d["task"] = ({"name": self.run.task["name"], **self.task.model_dump()} if self.task is not None
                      else {"name": "custom"})  # a user-defined Problem
         d["algorithm"] = {"name": self.run.algorithm["name"], **self.algorithm.model_dump()}
+        if self.derived is not None:
+            d["derived"] = self.derived
         return d

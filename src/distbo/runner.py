@@ -27,6 +27,7 @@ from .comm.base import CommStats, Communicator
 from .compressors import make_compressor
 from .compressors.base import check_sizes
 from .config import DTYPES, Resolved, RunConfig, check_run
+from .defaults import derived_fields, resolve_hyper
 from .devices import default_device, resolve_device, to_device
 from .errors import ConfigError, DivergenceError
 from .launch import in_job, make_comm, run_procs
@@ -50,7 +51,9 @@ class Result:
 
 
 def task_defaults(problem: Problem, algorithm: str, fields: dict) -> dict[str, Any]:
-    """A task's recommended hyper-parameters for an algorithm (flat keys, then per-algorithm)."""
+    """A task's recommended hyper-parameters for an algorithm (flat keys, then per-algorithm). For a
+    hyper-parameter with a derived default it replaces the base value before the compressor and
+    local-step scaling (defaults.py)."""
     d = {k: v for k, v in problem.defaults.items() if k in fields}
     specific = problem.defaults.get(algorithm)
     if isinstance(specific, dict):
@@ -77,8 +80,12 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
         run = run.model_copy(update={"workers": problem.n_workers})
     for name in ("compressor", "downlink"):
         check_sizes(make_compressor(getattr(run, name), name), (problem.d_x, problem.d_y), name)
-    merged = {**task_defaults(problem, run.algorithm["name"], alg_entry.params.model_fields), **user_alg}
-    return Resolved(run, task_params, validate(alg_entry.params, merged, "algorithm")), problem
+    name = run.algorithm["name"]
+    task = task_defaults(problem, name, alg_entry.params.model_fields)
+    base = {k: v for k, v in task.items() if k in derived_fields(alg_entry.params) and k not in user_alg}
+    hp = validate(alg_entry.params, {**{k: v for k, v in task.items() if k not in base}, **user_alg}, "algorithm")
+    hp, derived = resolve_hyper(name, hp, problem, run.compressor, run.seed, base, run.clients.fraction)
+    return Resolved(run, task_params, hp, derived), problem
 
 
 def build(res: Resolved, problem: Problem, comm: Communicator | None = None):

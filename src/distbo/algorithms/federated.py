@@ -41,6 +41,7 @@ from pydantic import Field
 
 from .. import rng
 from ..comm.messages import Dense, DenseSum, Message
+from ..defaults import derived
 from ..oracles import Oracles
 from ..problems.base import Batch
 from ..registry import Params
@@ -54,8 +55,10 @@ DOWN = -1  # sub-key of the down-link's broadcasts (the up-link's count exchange
 class FederatedParams(Params):
     """Hyper-parameters every federated method has."""
 
-    alpha: float = Field(0.1, gt=0, le=100, description="upper-level (x) step size")
-    beta: float = Field(0.05, gt=0, le=100, description="clients' local lower-level step size")
+    alpha: float | None = Field(None, gt=0, le=100, description="upper-level (x) step size",
+                                json_schema_extra=derived("as soba's alpha x compressor factor on d_x"))
+    beta: float | None = Field(None, gt=0, le=100, description="clients' local lower-level step size",
+                               json_schema_extra=derived("min(1/L_g, 1/(tau L_g,max)) x compressor factor on d_y"))
     inner_rounds: int = Field(5, ge=1, le=10_000,
                               description="lower-level rounds per outer iteration (AggITD's N, FedNest's T)")
     local_steps: int = Field(5, ge=1, le=10_000, description="tau: clients' local steps per lower-level round")

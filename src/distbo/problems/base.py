@@ -63,6 +63,13 @@ class Problem(ABC):
         """Facts recorded in config.json (data sizes, client label histograms, ...)."""
         return {}
 
+    def constants(self) -> dict[str, Any] | None:
+        """Smoothness constants for the derived defaults (distbo/defaults.py), if known in closed
+        form: ``L_g`` and ``mu_g`` (largest / smallest eigenvalue of the workers' mean H_yy),
+        ``L_g_max`` (largest single-worker L_g,i) and optionally ``L_phi`` (smoothness of Phi).
+        None (the default): distbo estimates them by power iteration at (x0, y0)."""
+        return None
+
     # --- optional pieces a problem may provide for sub-model (pruning) algorithms ---
     def units(self) -> dict[str, Any] | None:
         """Structured-pruning layout (see algorithms/rabo.py); None if the task has none."""
