@@ -19,7 +19,7 @@ from helpers import SoftplusProblem
 def test_estimate_matches_the_quadratic_closed_form():
     p = make("quadratic", workers=8, dtype=torch.float64)
     exact, est = p.constants(), estimate_constants(p, seed=0)
-    assert exact["source"] == "closed form" and "Lanczos" in est["source"] and "float64" in est["source"]
+    assert exact["source"] == "closed form" and "20 Lanczos" in est["source"] and "float64" in est["source"]
     for k in ("L_g", "mu_g", "L_g_max"):
         assert est[k] == pytest.approx(exact[k], rel=1e-2), k
 

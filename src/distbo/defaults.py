@@ -88,11 +88,16 @@ def _estimate(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> di
     q = q / q.norm()
     V = q.expand(n, d).clone()
     Q, alphas, betas, prev, b = [], [], [], torch.zeros_like(q), 0.0
-    for _ in range(min(steps, d)):
-        H = _hvp_yy(problem.g, x0, y0, torch.cat([V, q.expand(n, d)]), twice)
-        own, w = H[:n], H[n:].mean(0)
+    lanczos = True  # until d steps or a breakdown (then only the workers' power iteration goes on)
+    for _ in range(steps):
+        H = (_hvp_yy(problem.g, x0, y0, torch.cat([V, q.expand(n, d)]), twice) if lanczos
+             else _hvp_yy(problem.g, x0, y0, V, batch))
+        own = H[:n]
         rayleigh = (V * own).sum(-1).double()
         V = own / own.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        if not lanczos:
+            continue
+        w = H[n:].mean(0)
         a = float(q @ w)
         Q.append(q)
         alphas.append(a)
@@ -100,10 +105,10 @@ def _estimate(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> di
         for u in Q:  # full re-orthogonalisation
             w = w - (u @ w) * u
         b = float(w.norm())
-        if b <= 1e-10 * max(abs(a), 1e-300):
-            break
-        betas.append(b)
-        prev, q = q, w / b
+        lanczos = len(alphas) < d and b > 1e-10 * max(abs(a), 1e-300)
+        if lanczos:
+            betas.append(b)
+            prev, q = q, w / b
     m = len(alphas)
     T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if m > 1:
@@ -112,7 +117,7 @@ def _estimate(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> di
     ritz = torch.linalg.eigvalsh(T)
     name = "float64" if dtype == torch.float64 else str(dtype).removeprefix("torch.")
     return {"L_g": float(ritz[-1]), "mu_g": max(float(ritz[0]), 0.0), "L_g_max": float(rayleigh.max()),
-            "source": f"{m} Lanczos / power-iteration steps of H_yy v at (x0, y0), {name}"}
+            "source": f"{m} Lanczos and {steps} power-iteration steps of H_yy v at (x0, y0), {name}"}
 
 
 def problem_constants(problem: Problem, seed: int) -> dict[str, Any]:
