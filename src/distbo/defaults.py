@@ -43,6 +43,7 @@ C_Y = 1.0  # beta0 = gamma0 = C_Y / L_g
 C_X = 0.5  # alpha0 = C_X / L_Phi
 C_OMEGA = 1.0  # unbiased compressors: steps / (1 + C_OMEGA omega / n)
 C_LOCAL = 1.0  # local steps: tau * beta * L_g,max <= C_LOCAL
+C_AVERAGE = 2.0  # moving average theta < 1: alpha x min(1, C_AVERAGE theta)
 _KEY = 0xDEFA  # random stream of the estimation (batches, start vectors)
 
 
@@ -220,8 +221,11 @@ class Derivation:
 
 
 def _single_loop(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
-    """SOBA family: base steps scaled by the compressor on each variable's dimension."""
+    """SOBA family: base steps scaled by the compressor on each variable's dimension; a moving
+    average (theta < 1) delays x's feedback by ~1/theta rounds, so alpha also shrinks by
+    min(1, C_AVERAGE theta) (the deterministic iteration is unstable without it: docs/defaults.md)."""
     fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
+    fx *= min(1.0, C_AVERAGE * getattr(hp, "theta", 1.0))
     out = {"alpha": dv.base_step("alpha") * fx, "beta": dv.base_step("beta") * fy,
            "gamma": dv.base_step("gamma") * fy}
     if "rho" in type(hp).model_fields:  # one number for all variables: the smallest
