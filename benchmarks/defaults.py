@@ -40,9 +40,9 @@ ALGORITHMS = ["soba", "c-soba", "cm-soba", "ef-soba", "cm-soba-msc", "ef-soba-ms
               "aggitd", "fednest", "lfednest"]
 FEDERATED = {"aggitd", "fednest", "lfednest"}
 TASKS = {
-    "quadratic": {"metric": "hypergrad_norm", "rounds": 2000, "fed_rounds": 100, "eval_every": 10},
-    "hyperclean": {"metric": "test_acc", "rounds": 300, "fed_rounds": 30, "eval_every": 10},
-    "hyperrep": {"metric": "test_acc", "rounds": 300, "fed_rounds": 30, "eval_every": 10},
+    "quadratic": {"metric": "hypergrad_norm", "rounds": 1000, "fed_rounds": 50, "eval_every": 10},
+    "hyperclean": {"metric": "test_acc", "rounds": 40, "fed_rounds": 4, "eval_every": 10},
+    "hyperrep": {"metric": "test_acc", "rounds": 40, "fed_rounds": 4, "eval_every": 10},
 }
 QUAD_TARGET = 1e-2  # relative to the start
 TARGET_GAIN = 0.3  # test accuracy: start + this
@@ -61,7 +61,7 @@ def run_one(task: str, alg: str, comp: str) -> dict:
     spec = TASKS[task]
     fed = alg in FEDERATED
     rounds = spec["fed_rounds"] if fed else spec["rounds"]
-    every = max(1, spec["eval_every"] // (5 if fed else 1))
+    every = max(1, spec["eval_every"] * rounds // spec["rounds"])
     metric = spec["metric"]
     tic = time.perf_counter()
     try:

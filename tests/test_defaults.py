@@ -19,7 +19,7 @@ from helpers import SoftplusProblem
 def test_estimate_matches_the_quadratic_closed_form():
     p = make("quadratic", workers=8, dtype=torch.float64)
     exact, est = p.constants(), estimate_constants(p, seed=0)
-    assert exact["source"] == "closed form" and "Lanczos" in est["source"] and "float64" in est["source"]
+    assert exact["source"] == "closed form" and "20 Lanczos" in est["source"] and "float64" in est["source"]
     for k in ("L_g", "mu_g", "L_g_max"):
         assert est[k] == pytest.approx(exact[k], rel=1e-2), k
 
@@ -115,3 +115,36 @@ def test_previously_diverging_pairs_now_improve(alg, comp, rounds, target):
     res = distbo.run("quadratic", alg, compressor=comp, rounds=rounds, eval_every=rounds, dtype="float64")
     start, end = res.metrics[0]["hypergrad_norm"], res.metrics[-1]["hypergrad_norm"]
     assert end < target * start, (start, end)
+
+
+def _iteration_matrix(q, alpha, beta, gamma, theta):
+    """The deterministic (uncompressed) CM-SOBA step on the quadratic as a linear map of (x, y, v, h):
+    D_x = S x + R'y - B'v, D_y = B x + A y, D_v = A v - R x - P y (worker means, constants dropped)."""
+    m, dx, dy = q.mean64, q.d_x, q.d_y
+    Z, eye = (lambda r, c: torch.zeros(r, c, dtype=torch.float64)), (lambda k: torch.eye(k, dtype=torch.float64))
+    Dx = torch.cat([m["S"], m["R"].T, -m["B"].T, Z(dx, dx)], 1)
+    Dy = torch.cat([m["B"], m["A"], Z(dy, dy), Z(dy, dx)], 1)
+    Dv = torch.cat([-m["R"], -m["P"], m["A"], Z(dy, dx)], 1)
+    h = torch.cat([Z(dx, dx + 2 * dy), (1 - theta) * eye(dx)], 1) + theta * Dx
+    x = torch.cat([eye(dx), Z(dx, 2 * dy + dx)], 1) - alpha * h
+    y = torch.cat([Z(dy, dx), eye(dy), Z(dy, dy + dx)], 1) - beta * Dy
+    v = torch.cat([Z(dy, dx + dy), eye(dy), Z(dy, dx)], 1) - gamma * Dv
+    return torch.cat([x, y, v, h])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_derived_steps_make_the_deterministic_iteration_contract(seed):
+    """Spectral radius < 1 at the derived steps for the moving average (cm-soba, theta = 0.1) and
+    without it (soba); the former hand-set steps (0.1, 0.3, 0.3) with theta = 0.1 are unstable on
+    seed 5 (the cm-soba blow-up of issue 12, with or without compression)."""
+    from distbo.problems.quadratic import Quadratic
+    for h in (0.0, 1.0, 2.0):
+        q = Quadratic(workers=8, heterogeneity=h, seed=seed, dtype=torch.float64)
+        for alg in ("soba", "cm-soba"):
+            res, _ = resolve({"algorithm": alg, "workers": 8, "seed": seed, "dtype": "float64"}, q)
+            hp = res.algorithm
+            M = _iteration_matrix(q, hp.alpha, hp.beta, hp.gamma, getattr(hp, "theta", 1.0))
+            assert torch.linalg.eigvals(M).abs().max() < 1, (alg, h)
+    if seed == 5:
+        q = Quadratic(workers=8, heterogeneity=0.0, seed=5, dtype=torch.float64)
+        assert torch.linalg.eigvals(_iteration_matrix(q, 0.1, 0.3, 0.3, 0.1)).abs().max() > 1

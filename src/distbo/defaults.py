@@ -43,6 +43,7 @@ C_Y = 1.0  # beta0 = gamma0 = C_Y / L_g
 C_X = 0.5  # alpha0 = C_X / L_Phi
 C_OMEGA = 1.0  # unbiased compressors: steps / (1 + C_OMEGA omega / n)
 C_LOCAL = 1.0  # local steps: tau * beta * L_g,max <= C_LOCAL
+C_AVERAGE = 2.0  # moving average theta < 1: alpha x min(1, C_AVERAGE theta)
 _KEY = 0xDEFA  # random stream of the estimation (batches, start vectors)
 
 
@@ -88,11 +89,16 @@ def _estimate(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> di
     q = q / q.norm()
     V = q.expand(n, d).clone()
     Q, alphas, betas, prev, b = [], [], [], torch.zeros_like(q), 0.0
-    for _ in range(min(steps, d)):
-        H = _hvp_yy(problem.g, x0, y0, torch.cat([V, q.expand(n, d)]), twice)
-        own, w = H[:n], H[n:].mean(0)
+    lanczos = True  # until d steps or a breakdown (then only the workers' power iteration goes on)
+    for _ in range(steps):
+        H = (_hvp_yy(problem.g, x0, y0, torch.cat([V, q.expand(n, d)]), twice) if lanczos
+             else _hvp_yy(problem.g, x0, y0, V, batch))
+        own = H[:n]
         rayleigh = (V * own).sum(-1).double()
         V = own / own.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        if not lanczos:
+            continue
+        w = H[n:].mean(0)
         a = float(q @ w)
         Q.append(q)
         alphas.append(a)
@@ -100,10 +106,10 @@ def _estimate(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> di
         for u in Q:  # full re-orthogonalisation
             w = w - (u @ w) * u
         b = float(w.norm())
-        if b <= 1e-10 * max(abs(a), 1e-300):
-            break
-        betas.append(b)
-        prev, q = q, w / b
+        lanczos = len(alphas) < d and b > 1e-10 * max(abs(a), 1e-300)
+        if lanczos:
+            betas.append(b)
+            prev, q = q, w / b
     m = len(alphas)
     T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if m > 1:
@@ -112,7 +118,7 @@ def _estimate(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> di
     ritz = torch.linalg.eigvalsh(T)
     name = "float64" if dtype == torch.float64 else str(dtype).removeprefix("torch.")
     return {"L_g": float(ritz[-1]), "mu_g": max(float(ritz[0]), 0.0), "L_g_max": float(rayleigh.max()),
-            "source": f"{m} Lanczos / power-iteration steps of H_yy v at (x0, y0), {name}"}
+            "source": f"{m} Lanczos and {steps} power-iteration steps of H_yy v at (x0, y0), {name}"}
 
 
 def problem_constants(problem: Problem, seed: int) -> dict[str, Any]:
@@ -215,8 +221,11 @@ class Derivation:
 
 
 def _single_loop(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
-    """SOBA family: base steps scaled by the compressor on each variable's dimension."""
+    """SOBA family: base steps scaled by the compressor on each variable's dimension; a moving
+    average (theta < 1) delays x's feedback by ~1/theta rounds, so alpha also shrinks by
+    min(1, C_AVERAGE theta) (the deterministic iteration is unstable without it: docs/defaults.md)."""
     fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
+    fx *= min(1.0, C_AVERAGE * getattr(hp, "theta", 1.0))
     out = {"alpha": dv.base_step("alpha") * fx, "beta": dv.base_step("beta") * fy,
            "gamma": dv.base_step("gamma") * fy}
     if "rho" in type(hp).model_fields:  # one number for all variables: the smallest

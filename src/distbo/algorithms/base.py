@@ -53,10 +53,12 @@ class Context:
 
 
 class StepSizes(Params):
-    """Step sizes shared by the single-loop methods (x: alpha, y: beta, v: gamma)."""
+    """Step sizes shared by the single-loop methods (x: alpha, y: beta, v: gamma). Unset, they are
+    derived from the problem's constants and the compressor when the run is resolved
+    (distbo/defaults.py, docs/defaults.md)."""
 
     alpha: float | None = Field(None, gt=0, description="upper-level (x) step size", json_schema_extra=derived(
-        "0.5/L_Phi (else 0.5/L_g) x compressor factor on d_x; rabo/rafbo: / T"))
+        "0.5/L_Phi (else 0.5/L_g) x compressor factor on d_x (x min(1, 2 theta) with a moving average); rabo/rafbo: / T"))
     beta: float | None = Field(None, gt=0, description="lower-level (y) step size", json_schema_extra=derived(
         "1/L_g x compressor factor on d_y; rabo/rafbo: min(1/L_g, 1/(T L_g,max))"))
     gamma: float | None = Field(None, gt=0, description="linear-system (v) step size", json_schema_extra=derived(

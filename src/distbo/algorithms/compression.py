@@ -6,8 +6,10 @@ Uplinks (workers -> server, one ``comm.exchange`` each; interface of algorithms/
   m_* = mean_i m_*^i (both start at 0):
       c_*^i = C(D_*^i - m_*^i);  m_*^i += rho c_*^i;  estimate g_* = m_* + mean_i c_*^i;
       m_* += rho mean_i c_*^i.
-  rho unset: 1 for a contractive (or exact) C, 1/(1+omega) for an unbiased C (per variable, as
-  omega depends on d). The server shift is a function of what workers sent, so it is replicated.
+  rho: derived by distbo/defaults.py when the run is resolved (1 for a contractive or exact C,
+  the smallest 1/(1+omega(d)) over the variables for an unbiased C); built without a resolved
+  value (None) the uplink uses 1/(1+omega(d)) per variable. The server shift is a function of what
+  workers sent, so it is replicated.
   The workers' shifts [n, d] are updated in place (one pass instead of a copy per round): the
   state a round starts from is consumed by it.
 Multi-step compression (the MSC variants) is not an uplink: it is the compressor

@@ -13,6 +13,10 @@ number of exchanges.
 ``local_steps`` is the clients' work of FedAvg (plain local SGD) and of FedInn (SVRG-corrected
 local steps); ``neumann`` the truncated Neumann series of FedIHGP (global) and LFedNest (local).
 
+Default alpha, beta (and eta) are derived from the problem's constants and the compressor when the
+run is resolved (distbo/defaults.py: tau beta L_g,max <= 1, eta = 1/L_g, alpha shrinking with
+every compressed message on the hypergradient's way; docs/defaults.md).
+
 Down-link (``ctx.downlink``; docs/composition.md). Every server->client broadcast goes through
 ``FedRound.broadcast``, which returns what the clients hold; the algorithms compute with that
 (``FedRound.seen`` for x and y) and the server updates its exact values. With a compressed

@@ -32,7 +32,8 @@ class Problem(ABC):
     d_x: int
     d_y: int
     dtype: torch.dtype = torch.float32
-    #: recommended hyper-parameters (e.g. step sizes) used where the user sets none
+    #: measured overrides where the user sets none: for a hyper-parameter with a derived default
+    #: (step sizes) the base value before the compressor / local-step scaling (distbo/defaults.py)
     defaults: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
