@@ -10,14 +10,17 @@ It prints worker-iterations per second (outer iterations x workers / time), the 
 of a distbo round spent in oracles / compression / communication / bookkeeping (exclusive
 timers around the library's own functions).
 
-    python benchmarks/speed.py              # full table (about 10 minutes on 2 cores)
+    python benchmarks/speed.py              # full table, 1 torch thread (--threads N)
     python benchmarks/speed.py --quick      # 10 workers only
-    python benchmarks/speed.py --memory     # peak memory growth of 3 rounds, a fresh process per case
+    python benchmarks/speed.py --memory     # peak memory, a fresh process per case (see memory_table)
+    python benchmarks/speed.py --memory --tasks cnn --algorithms soba --workers 100,1000 --chunk 50
+    python benchmarks/speed.py --thread-policy  # 1 thread vs all cores, alone and beside a busy process
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -28,21 +31,32 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 import distbo.oracles as oracles_mod
 from distbo.comm.base import Communicator
+from distbo.allocator import reuse_freed_memory
 from distbo.compressors.base import Compressor, Payload
 from distbo.runner import build, resolve
 
 WARMUP = 2
 ORACLE_FUNS = ("grad_xy", "grad_y", "grad_y_hvp", "hvp", "fd_grad_y_hvp", "loss_values")
-CASES = {  # algorithm -> (overrides, label)
-    "soba": ([], "soba"),
-    "c-soba": (["compressor=randk:0.1"], "c-soba randk:0.1"),
-    "ef-soba": (["compressor=topk:0.1"], "ef-soba topk:0.1"),  # c-soba refuses biased top-K
-    "aggitd": ([], "aggitd"),
-    "rabo": (["clients.resources=[1, 0.5, 0.25, 0.125]"], "rabo mixed"),
+MIXED = "clients.resources=[1, 0.5, 0.25, 0.125]"
+CASES = {  # name -> (algorithm, overrides, label): every registered algorithm
+    "soba": ("soba", [], "soba"),
+    "c-soba": ("c-soba", ["compressor=randk:0.1"], "c-soba randk:0.1"),
+    "cm-soba": ("cm-soba", ["compressor=randk:0.1"], "cm-soba randk:0.1"),
+    "ef-soba": ("ef-soba", ["compressor=topk:0.1"], "ef-soba topk:0.1"),  # c-soba refuses biased top-K
+    "cm-soba-msc": ("cm-soba-msc", ["compressor=randk:0.1"], "cm-soba-msc randk:0.1"),
+    "ef-soba-msc": ("ef-soba-msc", ["compressor=topk:0.1"], "ef-soba-msc topk:0.1"),
+    "rabo": ("rabo", [MIXED], "rabo mixed"),
+    "rafbo": ("rafbo", [MIXED], "rafbo mixed"),
+    "aggitd": ("aggitd", [], "aggitd"),
+    "fednest": ("fednest", [], "fednest"),
+    "lfednest": ("lfednest", [], "lfednest"),
 }
 TASKS = {
     "quadratic": ["task.d_x=100", "task.d_y=200"],
     "hyperrep": ["task.dataset=\"mnist5k\"", "task.batch_size=32"],
+    # conv layers as x (1.27M parameters, most in the last 3x3 convolution on 3x3 maps), head as y
+    "cnn": ["task.dataset=\"mnist5k\"", "task.model=\"cnn\"", "task.channels=[32, 64, 128, 1024]",
+            "task.batch_size=2"],
 }
 
 
@@ -124,11 +138,13 @@ def timed_library(timers: Timers):
         yield
 
 
-def make(task: str, workers: int, algorithm: str):
-    raw = {"task": {"name": task}, "algorithm": {"name": algorithm}, "workers": workers, "rounds": 10}
+def make(task: str, workers: int, name: str, extra: tuple[str, ...] = ()):
+    algorithm, overrides, _ = CASES[name]
+    raw = {"task": {"name": "hyperrep" if task == "cnn" else task}, "algorithm": {"name": algorithm},
+           "workers": workers, "rounds": 10}
     from distbo.config import apply_set
 
-    for item in TASKS[task] + CASES[algorithm][0]:
+    for item in TASKS[task] + overrides + list(extra):
         apply_set(raw, item)
     res, problem = resolve(raw)
     alg, _ = build(res, problem)
@@ -148,24 +164,63 @@ def time_steps(alg, steps: int, timers: Timers | None = None) -> float:
         return (time.perf_counter() - start) / steps
 
 
-def peak_memory(task: str, n: int, name: str) -> float:
-    """MB the process's peak RSS grows by while 3 distbo rounds run (a fresh process per case)."""
+def peak_memory(task: str, n: int, name: str, chunk: int | None, rounds: int) -> tuple[float, float, int]:
+    """(peak RSS MB of a fresh process that builds the case and runs ``rounds`` rounds, how much of
+    it the rounds added, d_x). One torch thread; ``chunk``: the worker_chunk setting."""
+    extra = ("threads=1",) + ((f"worker_chunk={chunk}",) if chunk else ())
     code = ("import resource, sys; sys.path.insert(0, 'benchmarks'); import torch; from speed import make;"
-            f"alg = make({task!r}, {n}, {name!r}); s = alg.init();"
+            f"alg = make({task!r}, {n}, {name!r}, {extra!r}); torch.set_num_threads(1); s = alg.init();"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-            "[s := alg.step(s, t) for t in range(3)];"
-            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
+            f"[s := alg.step(s, t) for t in range({rounds})];"
+            "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            "print(peak / 1024, (peak - base) / 1024, alg.problem.d_x)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    peak, grown, d_x = out.stdout.strip().splitlines()[-1].split()
+    return float(peak), float(grown), int(d_x)
 
 
-def memory_table(tasks: list[str], workers: list[int], algorithms: list[str]) -> None:
-    print("| task | algorithm | " + " | ".join(f"peak MB, {n} workers" for n in workers) + " |")
-    print("|---|---|" + "---:|" * len(workers))
+def memory_table(tasks: list[str], workers: list[int], algorithms: list[str], chunk: int | None,
+                 rounds: int) -> None:
+    """Peak RSS per case (task x algorithm x workers, unchunked and with ``worker_chunk``)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M')} UTC, torch {torch.__version__}, 1 thread, {rounds} round(s) per case")
+    print("| task | d_x | algorithm | workers | worker_chunk | peak RSS MB | added by the rounds MB |")
+    print("|---|---:|---|---:|---:|---:|---:|")
     for task in tasks:
         for name in algorithms:
-            cells = [f"{peak_memory(task, n, name):.0f}" for n in workers]
-            print(f"| {task} | {CASES[name][1]} | " + " | ".join(cells) + " |", flush=True)
+            for n in workers:
+                for k in ([None, chunk] if chunk else [None]):
+                    peak, grown, d_x = peak_memory(task, n, name, k, rounds)
+                    print(f"| {task} | {d_x:,} | {CASES[name][2]} | {n} | {k or '-'} | {peak:,.0f} | {grown:,.0f} |",
+                          flush=True)
+
+
+BUSY = "import time\nwhile True:\n    sum(i * i for i in range(10_000))\n"
+
+
+def thread_table(cases: list[tuple[str, int, str]], rounds: int = 4) -> None:
+    """ms/round with 1 thread and with all cores, alone and beside a busy process that this
+    function starts (one pure-Python loop, standing for another user's job), in one run."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    print(f"| task | workers | algorithm | threads | alone ms/round | beside a busy process ms/round |")
+    print("|---|---|---|---|---:|---:|")
+    for task, n, name in cases:
+        alg = make(task, n, name)
+        cells = {}
+        for busy in (False, True):
+            proc = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
+            try:
+                time.sleep(1.0 if busy else 0.0)
+                for threads in sorted({1, cores}):
+                    torch.set_num_threads(threads)
+                    cells[threads, busy] = 1000 * time_steps(alg, rounds)
+            finally:
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
+        for threads in sorted({1, cores}):
+            print(f"| {task} | {n} | {CASES[name][2]} | {threads} | {cells[threads, False]:.1f} | "
+                  f"{cells[threads, True]:.1f} |", flush=True)
+    torch.set_num_threads(1)
 
 
 def main() -> None:
@@ -175,17 +230,26 @@ def main() -> None:
     ap.add_argument("--tasks", default="quadratic,hyperrep")
     ap.add_argument("--algorithms", default=",".join(CASES))
     ap.add_argument("--workers", default=None)
+    ap.add_argument("--chunk", type=int, default=None, help="--memory: also measure with this worker_chunk")
+    ap.add_argument("--rounds", type=int, default=2, help="--memory: rounds per case")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--thread-policy", action="store_true", help="1 thread vs all cores, alone and beside a busy process")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
+    reuse_freed_memory()  # as distbo.run does
     workers = [int(w) for w in (a.workers or ("10" if a.quick else "10,100")).split(",")]
     if a.memory:
-        return memory_table(a.tasks.split(","), workers, a.algorithms.split(","))
+        return memory_table(a.tasks.split(","), workers, a.algorithms.split(","), a.chunk, a.rounds)
+    if a.thread_policy:
+        return thread_table([("quadratic", 10, "soba"), ("hyperrep", 10, "soba"), ("hyperrep", 100, "soba"),
+                             ("hyperrep", 100, "ef-soba")])
     head = ("task", "workers", "algorithm", "distbo it/s", "loop it/s", "ratio",
-            "oracles", "compress", "comm", "bookkeep", "ms/round")
+            "oracles", "compress", "comm", "bookkeep", "ms/round", "x soba")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for task in a.tasks.split(","):
         for n in workers:
+            soba_ms = None
             for name in a.algorithms.split(","):
                 steps = 3 if (task == "hyperrep" and n >= 100) else 10
                 alg = make(task, n, name)
@@ -195,8 +259,10 @@ def main() -> None:
                     slow = time_steps(make(task, n, name), max(2, steps // 3))
                 tot = sum(timers.total.values())
                 share = {k: 100 * timers.total[k] / tot for k in ("oracles", "compression", "communication", "bookkeeping")}
-                row = (task, n, CASES[name][1], f"{n / fast:,.0f}", f"{n / slow:,.0f}", f"{slow / fast:.1f}x",
-                       *(f"{share[k]:.0f}%" for k in share), f"{1000 * fast:.1f}")
+                soba_ms = 1000 * fast if name == "soba" else soba_ms
+                row = (task, n, CASES[name][2], f"{n / fast:,.0f}", f"{n / slow:,.0f}", f"{slow / fast:.1f}x",
+                       *(f"{share[k]:.0f}%" for k in share), f"{1000 * fast:.1f}",
+                       f"{1000 * fast / soba_ms:.1f}x" if soba_ms else "-")
                 print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
 

@@ -91,6 +91,12 @@ def test_equals_hand_written_hyperrep(model):
         for k in ("upper_loss", "test_loss", "test_acc", "bits_up"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-10, abs=1e-12), k
     assert torch.allclose(a.x, b.x, rtol=0, atol=1e-12) and torch.allclose(a.y, b.y, rtol=0, atol=1e-12)
+    if model == "mlp":  # pruned clients compute with the same sliced sub-networks
+        run = dict(algorithm={"name": "rafbo", **STEPS, "local_steps": 2}, clients={"resources": [1, 0.5]},
+                   rounds=3, eval_every=3)
+        a, b = distbo.run(mp, **run), distbo.run(rep, **run)
+        assert a.metrics[-1]["upper_loss"] == pytest.approx(b.metrics[-1]["upper_loss"], rel=1e-10)
+        assert torch.allclose(a.x, b.x, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("algorithm,extra", [("soba", {}), ("ef-soba", {"compressor": "topk:0.2"}),
@@ -188,3 +194,15 @@ def test_device_cpu_is_bit_identical_and_cuda_is_one_line(capsys):
     code = main(["run", "--task", "quadratic", "--rounds", "1", "--set", 'device="cuda:1"', "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "device" in err[0]
+
+
+def test_gpu_benchmark_skips_cleanly_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: run benchmarks/gpu.py itself")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "skipped" in out.stdout and "no CUDA" in out.stdout

@@ -6,6 +6,7 @@ import pytest
 from pydantic import Field
 
 from distbo import reference
+from distbo.algorithms import ALGORITHMS
 from distbo.cli import main
 from distbo.registry import Params
 
@@ -35,8 +36,11 @@ def test_a_field_row_has_type_default_or_rule_range_and_description():
 def test_list_ef_soba_shows_theta_and_rho_and_what_it_accepts(capsys):
     assert main(["list", "ef-soba"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[4:]}
-    assert rows["theta"][1:4] == ["float", "0.1", "(0,"] and rows["rho"][1] == "float"
+    lines = {line.split()[0]: line for line in out.splitlines()[4:]}
+    fields = ALGORITHMS.get("ef-soba").params.model_fields
+    for name in ("theta", "rho"):  # type, the schema's default (or its derived rule), range
+        assert lines[name].split()[1] == "float" and "(0, 1]" in lines[name]
+        assert reference.default_text(fields[name]) in lines[name]
     assert "compressors: exact, unbiased, contractive" in out
 
 

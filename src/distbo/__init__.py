@@ -24,6 +24,5 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["ConfigError", "DistboError", "DivergenceError", "ModuleProblem", "Problem", "Result", "run", "tasks",
-           "tune"]
+__all__ = ["ConfigError", "DistboError", "DivergenceError", "ModuleProblem", "Problem", "Result", "run", "tasks", "tune"]
 __version__ = "0.1.0"

@@ -114,21 +114,21 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def raw_config(a: argparse.Namespace) -> dict[str, Any]:
-    """The raw configuration of the configuration flags (``_config_args``: ``distbo run`` and
-    ``distbo tune``): CONFIG, then the flags, then each --set; torch-free."""
+    """The raw configuration of the run flags: CONFIG, then the flags, then each --set."""
     from .config import apply_set, load_toml, merge
 
     raw: dict[str, Any] = load_toml(a.config) if a.config else {}
     raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until, engine=a.engine)
+                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until,
+                engine=a.engine)
     for item in a.sets:
         apply_set(raw, item)
     return raw
 
 
 def _checked_raw(a: argparse.Namespace) -> dict[str, Any]:
-    """The raw configuration of ``distbo run`` (TOML file, flags, --set), its top-level fields
-    checked, and ``--out`` checked (torch-free: config.py, folders.py)."""
+    """The raw configuration of ``distbo run``, its top-level fields checked, and ``--out``
+    checked (torch-free: config.py, folders.py)."""
     from . import folders
     from .config import check_run
 

@@ -29,6 +29,12 @@ def __getattr__(name: str) -> Any:
 
 
 DEFAULT_NAMES = {"task": "quadratic", "algorithm": "soba"}
+DEVICES = "cpu, cuda, cuda:N, auto"
+
+
+def is_device_spec(spec: str) -> bool:
+    """A well-formed ``device`` setting (whether CUDA is there is checked by devices.resolve_device)."""
+    return spec in ("cpu", "cuda", "auto") or (spec.startswith("cuda:") and spec[5:].isdigit())
 
 
 class ClientsConfig(Params):
@@ -64,22 +70,22 @@ class RunConfig(Params):
     rounds: int = Field(1000, ge=0, description="outer iterations")
     eval_every: int = Field(10, gt=0, description="evaluate every k rounds")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every k rounds (0: only at the end)")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (distbo.rng keys are 32-bit)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the task's data and of every random draw of "
+                      "the run (distbo.rng keys are 32-bit)")
     procs: int = Field(1, gt=0, description="processes on this machine")
     timeout: float = Field(30.0, gt=0, description="seconds a multi-process run waits for a silent process "
                            "before it fails")
-    threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1 for models "
-                                "under 100k parameters, else the cores per process)")
+    threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1, which is "
+                                "fastest on a shared machine; docs/speed.md)")
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the run")
+    clients: ClientsConfig = Field(default_factory=ClientsConfig, description="client settings of the federated "
+                                   "and pruning methods ([clients] section)")
     device: str = Field("cpu", description="where to compute: cpu, cuda, cuda:N or auto (cuda if present)")
     worker_chunk: int | None = Field(None, ge=1, description="evaluate the oracles this many workers at a "
                                      "time (memory O(chunk d) instead of O(workers d)); unset: all at once")
-    clients: ClientsConfig = Field(default_factory=ClientsConfig, description="client settings of the federated "
-                                   "and pruning methods ([clients] section)")
     engine: Literal["sim", "flower"] = Field("sim", description="sim: the simulator (or torch.distributed with "
                                              "procs > 1); flower: Flower apps, one round trip per exchange")
-    flower: FlowerConfig = Field(default_factory=FlowerConfig, description="settings of engine = flower "
-                                 "([flower] section)")
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
     until: str | None = Field(None, description="stop at the first evaluation that meets FIELD<=VALUE or "
                               "FIELD>=VALUE, e.g. hypergrad_norm<=1e-3 (unset: run every round)")
     diverge_factor: float | None = Field(1e4, ge=0, description="stop as diverged when ||x||, ||y||, "
@@ -89,9 +95,9 @@ class RunConfig(Params):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()):
+        if is_device_spec(v):
             return v
-        raise ValueError(f"unknown device '{v}'; allowed: cpu, cuda, cuda:N, auto")
+        raise ValueError(f"unknown device '{v}'; allowed: {DEVICES}")
 
     @field_validator("task", "algorithm", mode="before")
     @classmethod
@@ -182,10 +188,13 @@ class Resolved:
     run: RunConfig
     task: Params | None  # None for a user-supplied Problem
     algorithm: Params
+    derived: dict[str, Any] | None = None  # inputs of the derived defaults (defaults.py)
 
     def as_dict(self) -> dict[str, Any]:
         d = self.run.model_dump()
         d["task"] = ({"name": self.run.task["name"], **self.task.model_dump()} if self.task is not None
                      else {"name": "custom"})  # a user-defined Problem
         d["algorithm"] = {"name": self.run.algorithm["name"], **self.algorithm.model_dump()}
+        if self.derived is not None:
+            d["derived"] = self.derived
         return d

@@ -18,10 +18,10 @@ import os
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
+from .config import DEVICES as ALLOWED, is_device_spec
 from .errors import ConfigError
-
-ALLOWED = "cpu, cuda, cuda:N, auto"
 
 
 def _cuda_count() -> int:
@@ -35,7 +35,7 @@ def resolve_device(spec: str, in_job: bool = False) -> torch.device:
     count = _cuda_count()
     if spec == "auto" and count == 0:
         return torch.device("cpu")
-    if spec not in ("auto", "cuda") and not (spec.startswith("cuda:") and spec[5:].isdigit()):
+    if not is_device_spec(spec):
         raise ConfigError("device", f"unknown device '{spec}'; allowed: {ALLOWED}")
     if count == 0:
         raise ConfigError("device", f"'{spec}' asks for CUDA but torch sees no CUDA GPU on this machine "
@@ -63,7 +63,8 @@ def _move(obj: Any, device: torch.device, seen: set[int]) -> Any:
         seen.add(id(obj))
         changes = {f.name: _move(getattr(obj, f.name), device, seen) for f in dataclasses.fields(obj)}
         return dataclasses.replace(obj, **changes) if changes else obj
-    if hasattr(obj, "__dict__") and type(obj).__module__.startswith("distbo"):
+    if (hasattr(obj, "__dict__") and type(obj).__module__.startswith("distbo")
+            and not isinstance(obj, BaseModel)):  # settings (frozen pydantic models) hold no tensors
         seen.add(id(obj))
         for k, v in list(vars(obj).items()):
             setattr(obj, k, _move(v, device, seen))

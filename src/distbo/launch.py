@@ -41,6 +41,7 @@ from tqdm import tqdm
 from .comm.base import Communicator
 from .comm.simulated import SimulatedComm
 from .comm.torch_dist import CollectiveError, TorchDistComm, short_error, backend_for
+from .devices import resolve_device
 from .errors import ConfigError, DistboError, DivergenceError
 
 ENV_INIT = "DISTBO_INIT_METHOD"
@@ -95,7 +96,10 @@ def init_group(timeout: float, device: str = "cpu") -> None:
         raise RuntimeError("not inside a distributed job: RANK and WORLD_SIZE are not set")
     r, world = env
     torch.set_num_threads(threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    dist.init_process_group(backend_for(os.environ.get(ENV_DEVICE, device)), init_method=os.environ.get(ENV_INIT, "env://"), rank=r,
+    backend = backend_for(os.environ.get(ENV_DEVICE, device))
+    if backend == "nccl":  # this process's GPU before any collective (devices.py: cuda:LOCAL_RANK)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=os.environ.get(ENV_INIT, "env://"), rank=r,
                             world_size=world, timeout=datetime.timedelta(seconds=timeout))
 
 
@@ -117,8 +121,6 @@ def run_procs(raw: dict[str, Any], problem, out: Path | None, progress: bool, pr
         raise ConfigError("procs", f"{procs} processes cannot share {workers} workers evenly; "
                           f"use a number of processes that divides {workers}")
     out = Path(out).absolute() if out is not None else None
-    from .devices import resolve_device
-
     device = resolve_device(str(raw.get("device", "cpu"))).type
     value = spawn(_run_rank, (raw, problem, out, progress, resume), procs, timeout, {ENV_DEVICE: device})[0]
     extra = {**value.pop("extra", {}), "procs": procs}

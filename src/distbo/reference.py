@@ -214,9 +214,10 @@ def markdown() -> str:
     out += ["## Tasks", "", "`[task]` with `name = \"...\"` and the task's parameters.", ""]
     for e in regs["task"].entries():
         out += [f"### `{e.name}`", "", e.summary, "", table(HEADER, field_rows(e.params, "task."))]
-    out += ["## Algorithms", "", "`[algorithm]` with `name = \"...\"` and its hyper-parameters. A task may "
-            "recommend other defaults for some of them (its `defaults`); the values used are in the run's "
-            "config.json. What each algorithm accepts is found by building it with each setting.", ""]
+    out += ["## Algorithms", "", "`[algorithm]` with `name = \"...\"` and its hyper-parameters. A derived "
+            "default is computed at the start of a run from the problem and the compressor; a task may also "
+            "set its own (its `defaults`). The values a run used are in its config.json. What each algorithm "
+            "accepts is found by building it with each setting.", ""]
     for e in regs["algorithm"].entries():
         out += [f"### `{e.name}`", "", e.summary, ""] + [f"- {line}" for line in accepts_text(e.name)] + [""]
         out += [table(HEADER, field_rows(e.params, "algorithm."))]

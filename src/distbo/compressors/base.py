@@ -44,8 +44,12 @@ class Compressor(ABC):
         return self.decode(fields, d).sum(0)
 
     def add_to(self, base: Tensor, fields: Fields, d: int, alpha: float = 1.0) -> Tensor:
-        """base + alpha * decode(fields), row by row, as a new tensor (error-feedback shifts)."""
-        return torch.add(base, self.decode(fields, d), alpha=alpha)
+        """base + alpha * decode(fields), row by row, as a new tensor."""
+        return self.add_to_(base.clone(), fields, d, alpha)
+
+    def add_to_(self, base: Tensor, fields: Fields, d: int, alpha: float = 1.0) -> Tensor:
+        """base += alpha * decode(fields) in place (error-feedback shifts); returns base."""
+        return base.add_(self.decode(fields, d), alpha=alpha)
 
     def omega(self, d: int) -> float:
         """Variance bound of an unbiased compressor."""

@@ -154,7 +154,6 @@ def split_dataset(data: tuple[Tensor, ...], workers: int, spec: str, key: Tensor
     """One dataset over ``workers`` clients with distbo's partitioners; with ``val_fraction``, each
     client's samples are cut at random into its training and validation shards."""
     try:
-        parse_partition(spec)
         labels = data[-1]
         if parse_partition(spec)[0] != "iid" and labels.is_floating_point():
             raise ConfigError("partition", f"'{spec}' needs integer labels as the last tensor of the dataset")
