@@ -244,7 +244,8 @@ MIXED = ["clients.resources=[1, 0.5, 0.25, 0.125]", 'clients.policy="rolling"']
 def test_topk_with_error_feedback_converges_as_plain_rabo():
     """Identical workers, coordinate masks: top-K 30% of each client's kept coordinates with
     per-client shifts follows plain RABO to the same accuracy for a third of the up-link bits."""
-    runs = {c: distbo.run(QUAD_SAME, "rabo", workers=4, rounds=100, eval_every=100, dtype="float64",
+    steps = {"name": "rabo", "alpha": 0.1, "beta": 0.3, "gamma": 0.3}  # the same for both (not derived)
+    runs = {c: distbo.run(QUAD_SAME, steps, workers=4, rounds=100, eval_every=100, dtype="float64",
                           compressor=c, overrides=MIXED) for c in ("identity", "topk:0.3")}
     (p0, p1), (c0, c1) = ((r.metrics[0], r.metrics[-1]) for r in runs.values())
     assert p1["hypergrad_norm"] < 1e-3 * p0["hypergrad_norm"]
