@@ -230,7 +230,7 @@ def reproduce(name: str, out: str | Path | None = None, progress: bool = True, l
         parts = [reproduce(sub, out / sub, progress, log, quick, run) for sub in suite.include]
         text = "\n".join(re.sub(r"\]\((?!http)([^)]+\.png)\)", rf"]({p.name}/\1)", (p / "report.md").read_text())
                           for p in parts)
-        (out / "report.md").write_text(f"# {suite.description}\n\n{_stamp(name, quick)}\n\n{text}")
+        (out / "report.md").write_text(f"# {suite.description}\n\n{_stamp(name, quick, run)}\n\n{text}")
         for p in parts:
             verdicts = p / "verdicts.txt"
             if verdicts.is_file():
@@ -244,14 +244,14 @@ def reproduce(name: str, out: str | Path | None = None, progress: bool = True, l
             runs, dirs, missing = _finished(expand(suite, quick), out, log)
             if not runs:
                 raise ConfigError("--no-run", f"no finished run of suite '{name}' in {out}; run it first")
-        _report(suite, name, runs, dirs, out, log, quick, missing)
+        _report(suite, name, runs, dirs, out, log, quick, missing, run)
     log(f"suite {name}{' (quick)' if quick else ''}: {time.perf_counter() - tic:.1f} s -> {out / 'report.md'}")
     return out
 
 
-def _stamp(name: str, quick: bool) -> str:
+def _stamp(name: str, quick: bool, run: bool = True) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"`distbo reproduce {name}{' --quick' if quick else ''}`, {when}"
+    return f"`distbo reproduce {name}{' --quick' if quick else ''}{'' if run else ' --no-run'}`, {when}"
 
 
 def _finished(runs: list[SuiteRun], out: Path, log) -> tuple[list[SuiteRun], list, list[str]]:
@@ -302,11 +302,11 @@ def _run_all(runs: list, out: Path, progress: bool, log) -> list:
 
 
 def _report(suite: Suite, name: str, runs: list[SuiteRun], dirs: list, out: Path, log, quick: bool,
-            missing: list[str] = ()) -> None:
+            missing: list[str] = (), run: bool = True) -> None:
     """The suite's figure(s), table(s), verdicts and report.md: its analysis's, or the generic ones."""
     from . import plotting, rundirs, tables
 
-    head = f"## {suite.description}\n\n{_stamp(name, quick)}\n"
+    head = f"## {suite.description}\n\n{_stamp(name, quick, run)}\n"
     if missing:
         head += f"\n{len(runs)} of {len(runs) + len(missing)} runs finished; left out: {', '.join(missing)}\n"
     if suite.analysis is not None:
