@@ -15,6 +15,7 @@ timers around the library's own functions).
     python benchmarks/speed.py --memory     # peak memory, a fresh process per case (see memory_table)
     python benchmarks/speed.py --memory --tasks cnn --algorithms soba --workers 100,1000 --chunk 50
     python benchmarks/speed.py --thread-policy  # 1 thread vs all cores, alone and beside a busy process
+    python benchmarks/speed.py --profile ef-soba --workers 100 --tasks hyperrep  # torch.profiler table
 """
 from __future__ import annotations
 
@@ -223,6 +224,20 @@ def thread_table(cases: list[tuple[str, int, str]], rounds: int = 4) -> None:
     torch.set_num_threads(1)
 
 
+def profile_table(task: str, n: int, name: str, rounds: int = 3) -> None:
+    """torch.profiler's operator table (self CPU time) over ``rounds`` rounds after the warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    alg = make(task, n, name)
+    state = alg.init()
+    for t in range(WARMUP):
+        state = alg.step(state, t)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for t in range(WARMUP, WARMUP + rounds):
+            state = alg.step(state, t)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -234,12 +249,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="--memory: rounds per case")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--thread-policy", action="store_true", help="1 thread vs all cores, alone and beside a busy process")
+    ap.add_argument("--profile", default=None, metavar="CASE", help="torch.profiler table of one case (see CASES)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     reuse_freed_memory()  # as distbo.run does
     workers = [int(w) for w in (a.workers or ("10" if a.quick else "10,100")).split(",")]
     if a.memory:
         return memory_table(a.tasks.split(","), workers, a.algorithms.split(","), a.chunk, a.rounds)
+    if a.profile:
+        return profile_table(a.tasks.split(",")[0], workers[0], a.profile)
     if a.thread_policy:
         return thread_table([("quadratic", 10, "soba"), ("hyperrep", 10, "soba"), ("hyperrep", 100, "soba"),
                              ("hyperrep", 100, "ef-soba")])
