@@ -3,6 +3,7 @@
     python benchmarks/compression.py                     # both parts (~25 min on a busy 2-core box)
     python benchmarks/compression.py --part quadratic    # the quadratic only
     python benchmarks/compression.py --part hyperclean   # data hyper-cleaning only (if registered)
+    python benchmarks/compression.py --part hyperclean --defaults --rounds 400   # derived defaults
 
 quadratic: 8 workers, heterogeneity 1, d_x = 20, d_y = 40, deterministic oracles, float32. Cost
   until ||grad Phi(x)|| <= 1e-3 ||grad Phi(x_0)|| (the exact hypergradient), and the relative
@@ -55,6 +56,13 @@ HC_METHODS = [
     ("ef-soba", ["topk:0.05", "sign", "qsgd:2"]),
     ("cm-soba-msc", ["qsgd:2", "topk:0.05"]),
     ("ef-soba-msc", ["topk:0.05", "sign"]),
+]
+
+
+HC_DEFAULTS = [  # --defaults: every hyper-parameter derived (docs/defaults.md)
+    ("soba", ["identity"]),
+    ("cm-soba", ["qsgd:4"]),
+    ("ef-soba", ["topk:0.05", "topk:0.1"]),
 ]
 
 
@@ -115,18 +123,20 @@ def run_quadratic() -> None:
     print()
 
 
-def run_hyperclean() -> None:
+def run_hyperclean(defaults: bool = False, rounds: int | None = None) -> None:
     if "hyperclean" not in TASKS.names():
         print("## hyperclean: task not registered, skipped\n")
         return
     cfg = load_toml(ROOT / "configs" / "hyperclean_mnist5k.toml")
     cfg["eval_every"] = 25
-    steps = {k: v for k, v in cfg["algorithm"].items() if k != "name"}
+    cfg["rounds"] = rounds or cfg["rounds"]
+    steps = {} if defaults else {k: v for k, v in cfg["algorithm"].items() if k != "name"}
+    methods = HC_DEFAULTS if defaults else HC_METHODS
     top = {k: v for k, v in cfg.items() if k not in ("task", "algorithm")}
     print(f"## hyperclean: {cfg['task']['dataset']}, {cfg['workers']} workers, {cfg['task']['partition']}, "
           f"label noise {cfg['task']['noise']}, {cfg['rounds']} rounds, steps {steps}\n")
     runs = []
-    for alg, comps in HC_METHODS:
+    for alg, comps in methods:
         for comp in comps:
             r = distbo.run(dict(cfg["task"]), {"name": alg, **steps}, compressor=comp, **top)
             runs.append((alg, comp, r.metrics))
@@ -150,11 +160,14 @@ def run_hyperclean() -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=["all", "quadratic", "hyperclean"], default="all")
+    p.add_argument("--defaults", action="store_true",
+                   help="hyperclean at the derived defaults (no step sizes from the config; docs/defaults.md)")
+    p.add_argument("--rounds", type=int, help="hyperclean rounds (default: the config's)")
     a = p.parse_args()
     if a.part in ("all", "quadratic"):
         run_quadratic()
     if a.part in ("all", "hyperclean"):
-        run_hyperclean()
+        run_hyperclean(a.defaults, a.rounds)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/pruning.py                 # both tables (about 15 min on a busy 2-core box)
     python benchmarks/pruning.py --rounds 60     # a quicker look
+    python benchmarks/pruning.py --part compose  # RABO with compression and client sampling (docs/composition.md)
 
 Task: hyper-representation on mnist5k (MLP 784-200-10: hidden layer = x, head = y), 8 iid clients,
 batch 64, task-default steps (alpha 0.1, beta 0.3, gamma 0.3) for every single-loop method. Every
@@ -16,7 +17,9 @@ for SOBA (3F_f + 9F_g per round) and AggITD (N tau (3F_g + 9F_g) + 3F_f per oute
 spread over its 2N + 1 rounds) they are computed here with the same convention. Time per round is
 the median over rounds of the wall time of one whole simulated round (all 8 clients in one
 process; AggITD: an outer iteration / 11), still noisy on a shared machine; the second table
-isolates the compute of each resource level.
+isolates the compute of each resource level. The third table (``--part compose``) runs RABO on
+the mixed levels with an up-link compressor (top-K 10% with per-client error feedback, sign),
+client sampling (fraction 0.5), both, and a compressed down-link, with MB up and down per round.
 """
 from __future__ import annotations
 
@@ -64,12 +67,15 @@ def full_model_flops(alg, net: DenseNet, batch: int) -> float:
     return (steps * (3 * F + 9 * F) + 3 * F) / (2 * alg["inner_rounds"] + 1)
 
 
-def timed_run(alg, resources, policy, iters: int, evals: int = 4):
+def timed_run(alg, resources, policy, iters: int, evals: int = 4, fraction: float = 1.0, **links: str):
     """Run with every outer iteration timed on its own (the median is robust to a busy machine).
-    Returns (final metrics row, best test accuracy, median seconds per outer iteration, algorithm)."""
+    ``links``: compressor / downlink specs. Returns (final metrics row, best test accuracy, median
+    seconds per outer iteration, algorithm)."""
     clients = {} if resources is None else {"resources": resources, "policy": policy}
+    if fraction != 1.0:
+        clients["fraction"] = fraction
     res, problem = resolve({"task": dict(TASK), "algorithm": alg, "workers": WORKERS, "rounds": iters,
-                            "seed": 0, "clients": clients})
+                            "seed": 0, "clients": clients, **links})
     algorithm, comm = build(res, problem)
     state, times, accs = algorithm.init(), [], []
     for t in range(iters):
@@ -130,16 +136,45 @@ def levels_table(rounds: int) -> None:
               f"| {statistics.median(times):.3f} | {min(times):.3f} | {acc:.4f} |", flush=True)
 
 
+COMPOSED = [  # label, up-link compressor, down-link compressor, client fraction
+    ("RABO", "identity", "identity", 1.0),
+    ("+ top-K 10% (EF)", "topk:0.1", "identity", 1.0),
+    ("+ sign (EF)", "sign", "identity", 1.0),
+    ("+ fraction 0.5", "identity", "identity", 0.5),
+    ("+ top-K 10% (EF) + fraction 0.5", "topk:0.1", "identity", 0.5),
+    ("+ top-K 10% (EF) + fraction 0.5 + down top-K 10%", "topk:0.1", "topk:0.1", 0.5),
+]
+
+
+def compose_table(rounds: int) -> None:
+    """RABO on the mixed levels (rolling) composed with compressors and client sampling."""
+    print(f"\n## RABO {MIXED} rolling, {WORKERS} clients, {rounds} rounds: compression and client sampling\n")
+    print("| variant | up-link | down-link | fraction | test acc (best) | C_x* | client GFLOP/round mean "
+          "| MB up/round | MB down/round | up-link vs RABO |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    base = None
+    for label, up, down, fraction in COMPOSED:
+        last, best, _, _ = timed_run("rabo", MIXED, "rolling", rounds, fraction=fraction, compressor=up,
+                                     downlink=down)
+        mb_up, mb_down = last["bits_up"] / rounds / 8e6, last["bits_down"] / rounds / 8e6
+        base = base or mb_up
+        print(f"| {label} | {up} | {down} | {fraction} | {last['test_acc']:.4f} ({best:.4f}) | {last['C_x']} "
+              f"| {last['client_flops_mean'] / 1e9:.3f} | {mb_up:.3f} | {mb_down:.3f} | {base / mb_up:.1f}x smaller |",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=300, help="communication rounds per method")
     ap.add_argument("--level-rounds", type=int, default=40, help="timed rounds per level in the second table")
-    ap.add_argument("--part", choices=("all", "methods", "levels"), default="all")
+    ap.add_argument("--part", choices=("all", "methods", "levels", "compose"), default="all")
     a = ap.parse_args()
     if a.part in ("all", "methods"):
         methods_table(a.rounds)
     if a.part in ("all", "levels"):
         levels_table(a.level_rounds)
+    if a.part in ("all", "compose"):
+        compose_table(a.rounds)
 
 
 if __name__ == "__main__":

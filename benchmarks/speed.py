@@ -10,15 +10,17 @@ It prints worker-iterations per second (outer iterations x workers / time), the 
 of a distbo round spent in oracles / compression / communication / bookkeeping (exclusive
 timers around the library's own functions).
 
-    python benchmarks/speed.py              # full table (about 10 minutes on 2 cores)
+    python benchmarks/speed.py              # full table, 1 torch thread (--threads N)
     python benchmarks/speed.py --quick      # 10 workers only
     python benchmarks/speed.py --memory     # peak memory, a fresh process per case (see memory_table)
     python benchmarks/speed.py --memory --tasks cnn --algorithms soba --workers 100,1000 --chunk 50
+    python benchmarks/speed.py --thread-policy  # 1 thread vs all cores, alone and beside a busy process
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -29,17 +31,25 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 import distbo.oracles as oracles_mod
 from distbo.comm.base import Communicator
+from distbo.allocator import reuse_freed_memory
 from distbo.compressors.base import Compressor, Payload
 from distbo.runner import build, resolve
 
 WARMUP = 2
 ORACLE_FUNS = ("grad_xy", "grad_y", "grad_y_hvp", "hvp", "fd_grad_y_hvp", "loss_values")
-CASES = {  # algorithm -> (overrides, label)
-    "soba": ([], "soba"),
-    "c-soba": (["compressor=randk:0.1"], "c-soba randk:0.1"),
-    "ef-soba": (["compressor=topk:0.1"], "ef-soba topk:0.1"),  # c-soba refuses biased top-K
-    "aggitd": ([], "aggitd"),
-    "rabo": (["clients.resources=[1, 0.5, 0.25, 0.125]"], "rabo mixed"),
+MIXED = "clients.resources=[1, 0.5, 0.25, 0.125]"
+CASES = {  # name -> (algorithm, overrides, label): every registered algorithm
+    "soba": ("soba", [], "soba"),
+    "c-soba": ("c-soba", ["compressor=randk:0.1"], "c-soba randk:0.1"),
+    "cm-soba": ("cm-soba", ["compressor=randk:0.1"], "cm-soba randk:0.1"),
+    "ef-soba": ("ef-soba", ["compressor=topk:0.1"], "ef-soba topk:0.1"),  # c-soba refuses biased top-K
+    "cm-soba-msc": ("cm-soba-msc", ["compressor=randk:0.1"], "cm-soba-msc randk:0.1"),
+    "ef-soba-msc": ("ef-soba-msc", ["compressor=topk:0.1"], "ef-soba-msc topk:0.1"),
+    "rabo": ("rabo", [MIXED], "rabo mixed"),
+    "rafbo": ("rafbo", [MIXED], "rafbo mixed"),
+    "aggitd": ("aggitd", [], "aggitd"),
+    "fednest": ("fednest", [], "fednest"),
+    "lfednest": ("lfednest", [], "lfednest"),
 }
 TASKS = {
     "quadratic": ["task.d_x=100", "task.d_y=200"],
@@ -128,12 +138,13 @@ def timed_library(timers: Timers):
         yield
 
 
-def make(task: str, workers: int, algorithm: str, extra: tuple[str, ...] = ()):
+def make(task: str, workers: int, name: str, extra: tuple[str, ...] = ()):
+    algorithm, overrides, _ = CASES[name]
     raw = {"task": {"name": "hyperrep" if task == "cnn" else task}, "algorithm": {"name": algorithm},
            "workers": workers, "rounds": 10}
     from distbo.config import apply_set
 
-    for item in TASKS[task] + CASES[algorithm][0] + list(extra):
+    for item in TASKS[task] + overrides + list(extra):
         apply_set(raw, item)
     res, problem = resolve(raw)
     alg, _ = build(res, problem)
@@ -179,8 +190,37 @@ def memory_table(tasks: list[str], workers: list[int], algorithms: list[str], ch
             for n in workers:
                 for k in ([None, chunk] if chunk else [None]):
                     peak, grown, d_x = peak_memory(task, n, name, k, rounds)
-                    print(f"| {task} | {d_x:,} | {CASES[name][1]} | {n} | {k or '-'} | {peak:,.0f} | {grown:,.0f} |",
+                    print(f"| {task} | {d_x:,} | {CASES[name][2]} | {n} | {k or '-'} | {peak:,.0f} | {grown:,.0f} |",
                           flush=True)
+
+
+BUSY = "import time\nwhile True:\n    sum(i * i for i in range(10_000))\n"
+
+
+def thread_table(cases: list[tuple[str, int, str]], rounds: int = 4) -> None:
+    """ms/round with 1 thread and with all cores, alone and beside a busy process that this
+    function starts (one pure-Python loop, standing for another user's job), in one run."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    print(f"| task | workers | algorithm | threads | alone ms/round | beside a busy process ms/round |")
+    print("|---|---|---|---|---:|---:|")
+    for task, n, name in cases:
+        alg = make(task, n, name)
+        cells = {}
+        for busy in (False, True):
+            proc = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
+            try:
+                time.sleep(1.0 if busy else 0.0)
+                for threads in sorted({1, cores}):
+                    torch.set_num_threads(threads)
+                    cells[threads, busy] = 1000 * time_steps(alg, rounds)
+            finally:
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
+        for threads in sorted({1, cores}):
+            print(f"| {task} | {n} | {CASES[name][2]} | {threads} | {cells[threads, False]:.1f} | "
+                  f"{cells[threads, True]:.1f} |", flush=True)
+    torch.set_num_threads(1)
 
 
 def main() -> None:
@@ -192,17 +232,24 @@ def main() -> None:
     ap.add_argument("--workers", default=None)
     ap.add_argument("--chunk", type=int, default=None, help="--memory: also measure with this worker_chunk")
     ap.add_argument("--rounds", type=int, default=2, help="--memory: rounds per case")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--thread-policy", action="store_true", help="1 thread vs all cores, alone and beside a busy process")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
+    reuse_freed_memory()  # as distbo.run does
     workers = [int(w) for w in (a.workers or ("10" if a.quick else "10,100")).split(",")]
     if a.memory:
         return memory_table(a.tasks.split(","), workers, a.algorithms.split(","), a.chunk, a.rounds)
+    if a.thread_policy:
+        return thread_table([("quadratic", 10, "soba"), ("hyperrep", 10, "soba"), ("hyperrep", 100, "soba"),
+                             ("hyperrep", 100, "ef-soba")])
     head = ("task", "workers", "algorithm", "distbo it/s", "loop it/s", "ratio",
-            "oracles", "compress", "comm", "bookkeep", "ms/round")
+            "oracles", "compress", "comm", "bookkeep", "ms/round", "x soba")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for task in a.tasks.split(","):
         for n in workers:
+            soba_ms = None
             for name in a.algorithms.split(","):
                 steps = 3 if (task == "hyperrep" and n >= 100) else 10
                 alg = make(task, n, name)
@@ -212,8 +259,10 @@ def main() -> None:
                     slow = time_steps(make(task, n, name), max(2, steps // 3))
                 tot = sum(timers.total.values())
                 share = {k: 100 * timers.total[k] / tot for k in ("oracles", "compression", "communication", "bookkeeping")}
-                row = (task, n, CASES[name][1], f"{n / fast:,.0f}", f"{n / slow:,.0f}", f"{slow / fast:.1f}x",
-                       *(f"{share[k]:.0f}%" for k in share), f"{1000 * fast:.1f}")
+                soba_ms = 1000 * fast if name == "soba" else soba_ms
+                row = (task, n, CASES[name][2], f"{n / fast:,.0f}", f"{n / slow:,.0f}", f"{slow / fast:.1f}x",
+                       *(f"{share[k]:.0f}%" for k in share), f"{1000 * fast:.1f}",
+                       f"{1000 * fast / soba_ms:.1f}x" if soba_ms else "-")
                 print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
 

@@ -192,7 +192,6 @@ def test_claim3_verdict_follows_the_numbers():
 
 def test_rabo_hypergrad_proxy_is_the_exact_hypergradient_at_y_star_v_star():
     import distbo
-    from distbo.algorithms.rabo import RABOState
     from distbo.runner import build, resolve
 
     x = torch.randn(4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -200,7 +199,7 @@ def test_rabo_hypergrad_proxy_is_the_exact_hypergradient_at_y_star_v_star():
                           "dtype": "float64"})
     alg, _ = build(r, problem)
     y, v = problem.y_star(x), problem.v_star(x)
-    state = RABOState(x, y, v, torch.tensor([4, 4]))
+    state = alg.init()._replace(x=x, y=y, v=v)
     assert alg.hypergrad_proxy(state) == pytest.approx(float(problem.hypergrad(x).norm()), rel=1e-9)
     res = distbo.run({"name": "quadratic", "d_x": 4, "d_y": 6}, algorithm="rabo", workers=4, rounds=1, dtype="float64")
     assert "hypergrad_proxy" in res.metrics[-1]

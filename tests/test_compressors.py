@@ -85,7 +85,7 @@ def _formula(spec, d):
         return 32 * d
     if name in ("randk", "topk"):
         v = float(arg)
-        k = max(1, min(d, round(v * d) if "." in arg else int(v)))
+        k = max(1, min(d, round(v * d))) if "." in arg else int(v)  # a count > d is refused
         return 32 * k + 32 if name == "randk" else k * (32 + math.ceil(math.log2(d)))
     if name == "qsgd":
         return 32 + d * (1 + math.ceil(math.log2(int(arg) + 1)))
@@ -98,6 +98,11 @@ def _formula(spec, d):
 def test_bits_equal_the_section_5_formula(spec, d):
     n = 3
     u = torch.randn(n, d)
+    name, _, arg = spec.partition(":")
+    if name in ("randk", "topk") and "." not in arg and int(arg) > d:  # more than the message holds
+        with pytest.raises(ConfigError, match=f"size {arg} is more coordinates than a message of {d} values"):
+            make_compressor(spec).compress(u, _keys(n))
+        return
     p = make_compressor(spec).compress(u, _keys(n))
     assert p.bits() == n * _formula(spec, d)
     assert p.decoded().shape == (n, d) and p.decoded().dtype == torch.float32

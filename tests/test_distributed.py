@@ -36,6 +36,10 @@ CASES = {
     "aggitd-sampled": dict(algorithm={"name": "aggitd", "inner_rounds": 2, "local_steps": 2},
                            compressor="topk:0.5", clients={"fraction": 0.5}),
     "rabo": dict(algorithm="rabo"),
+    # compressed down-links (per-channel copies) with sampling and a compressed up-link
+    "fednest-down": dict(algorithm={"name": "fednest", "inner_rounds": 2, "neumann_terms": 2}, downlink="topk:0.5",
+                         compressor="qsgd:4", clients={"fraction": 0.5}),
+    "aggitd-down": dict(algorithm={"name": "aggitd", "inner_rounds": 2, "local_steps": 2}, downlink="sign"),
 }
 
 

@@ -139,3 +139,24 @@ def test_the_example_flower_project_names_distbos_apps_and_a_valid_configuration
         assert isinstance(getattr(importlib.import_module(module), attr), kind)
     res, _ = resolve(json.loads(flwr["config"]["distbo"]))
     assert res.run.workers % res.run.flower.nodes == 0
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("DISTBO_FLOWER_DEPLOYMENT"),
+                    reason="Flower's deployment runtime starts a process per message (minutes on a busy "
+                           "machine); set DISTBO_FLOWER_DEPLOYMENT=1 to run it")
+def test_deployment_runtime_on_loopback_matches_and_fails_cleanly(monkeypatch):
+    """A SuperLink and 2 SuperNodes on 127.0.0.1 with ``flwr run``: the simulator's counters and
+    metrics; then a raising ClientApp ends the run with one line naming its node."""
+    from distbo.comm.flower import NodeError
+
+    kw = dict(COMMON, rounds=2, timeout=600.0)
+    flower = {"nodes": 2, "runtime": "deployment"}
+    fl = distbo.run(**kw, **CASES["ef-soba-topk"], engine="flower", flower=flower)
+    want = distbo.run(**kw, **CASES["ef-soba-topk"])
+    for a, b in zip(want.metrics, fl.metrics, strict=True):
+        assert {k: a[k] for k in EXACT} == {k: b[k] for k in EXACT}
+        assert b["upper_loss"] == pytest.approx(a["upper_loss"], rel=1e-12)
+    monkeypatch.setenv("DISTBO_TEST_FAULT", "rank=1,exchange=1,action=raise")
+    with pytest.raises(NodeError, match="Flower node 1 of 2 .* failed at exchange 1: .*injected fault") as exc:
+        distbo.run(**kw, **CASES["ef-soba-topk"], engine="flower", flower=flower)
+    assert len(str(exc.value).splitlines()) == 1

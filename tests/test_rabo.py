@@ -4,6 +4,9 @@ import torch
 
 import distbo
 from distbo import ConfigError
+from distbo import rng
+from distbo.algorithms.base import STREAM_CLIENTS
+from distbo.algorithms.federated import sample_clients
 from distbo.algorithms.soba import soba_directions
 from distbo.algorithms.submodels import Kept, coverage_average
 from distbo.oracles import FiniteDifferenceOracles, Oracles
@@ -195,6 +198,14 @@ DIST_CASES = {  # mixed levels, 3 clients per process: each rank draws every cli
                              clients={"resources": [1, 0.5, 0.25], "policy": "random"}),
     "hyperrep-rolling": dict(task={**TINY_REP, "hidden": [12, 6]}, algorithm="rabo",
                              clients={"resources": [0.5, 1, 0.25], "policy": "rolling"}),
+    # composition: top-K with per-client shifts, a QSGD down-link, half the clients per round (a
+    # rank may host no client of a level: zero-row blocks)
+    "quadratic-composed": dict(task={"name": "quadratic", "d_x": 5, "d_y": 7, "noise": 0.1},
+                               algorithm={"name": "rafbo", "local_steps": 2}, compressor="topk:0.3",
+                               downlink="qsgd:4", clients={"resources": [1, 0.5, 0.25], "policy": "random",
+                                                           "fraction": 0.5}),
+    "hyperrep-composed": dict(task={**TINY_REP, "hidden": [12, 6]}, algorithm="rabo", compressor="randk:0.5",
+                              downlink="sign", clients={"resources": [0.5, 1, 0.25], "policy": "rolling"}),
 }
 DIST_COMMON = dict(workers=6, rounds=4, eval_every=2, dtype="float64", seed=3)
 
@@ -216,3 +227,120 @@ def test_two_processes_draw_the_same_masks_as_the_simulator():
                     assert b[f] == (pytest.approx(a[f], rel=1e-9, abs=1e-12) if isinstance(a[f], float) else a[f])
         torch.testing.assert_close(par[0][k][1], sim.x, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(par[1][k][1], par[0][k][1], rtol=0, atol=0)
+
+
+# --- composition: up-link compressors, down-link compressors, client sampling ---
+def _sampled(alg, t: int, fraction: float) -> list[int]:
+    """Round t's sampled clients, drawn here as the federated methods draw them."""
+    return alg.participants(t).tolist() if alg.sampled else \
+        sample_clients(rng.key(alg.round_key(t), STREAM_CLIENTS), alg.comm.n_workers, fraction,
+                       torch.arange(alg.comm.n_workers))[0].tolist()
+
+
+QUAD_SAME = {"name": "quadratic", "heterogeneity": 0.0, "d_x": 6, "d_y": 10}
+MIXED = ["clients.resources=[1, 0.5, 0.25, 0.125]", 'clients.policy="rolling"']
+
+
+def test_topk_with_error_feedback_converges_as_plain_rabo():
+    """Identical workers, coordinate masks: top-K 30% of each client's kept coordinates with
+    per-client shifts follows plain RABO to the same accuracy for a third of the up-link bits."""
+    runs = {c: distbo.run(QUAD_SAME, "rabo", workers=4, rounds=100, eval_every=100, dtype="float64",
+                          compressor=c, overrides=MIXED) for c in ("identity", "topk:0.3")}
+    (p0, p1), (c0, c1) = ((r.metrics[0], r.metrics[-1]) for r in runs.values())
+    assert p1["hypergrad_norm"] < 1e-3 * p0["hypergrad_norm"]
+    assert c1["hypergrad_norm"] < 1e-3 * c0["hypergrad_norm"] and c1["hypergrad_norm"] < 2 * p1["hypergrad_norm"]
+    assert c1["bits_up"] < 0.4 * p1["bits_up"] and c1["C_x"] == p1["C_x"]
+
+
+def test_compressed_uplink_sends_the_sub_model_vectors_and_keeps_shifts_on_kept_coordinates():
+    """Coordinate layout, levels 1 and 0.5 (d_x = 6: 6 and 3 kept): top-K 1/3 sends 2 and 1 values
+    with indices into the sub-model vector; the server's estimate of a client's change is its
+    shift plus what it sent, on that client's kept coordinates only."""
+    alg, comm, q = _algorithm(task={"name": "quadratic", "d_x": 6, "d_y": 4}, workers=2, dtype="float64",
+                              algorithm={"name": "rabo", "products": "exact"}, compressor="topk:0.34",
+                              clients={"resources": [1, 0.5], "policy": "random"})
+    s = alg.step(alg.init(), 0)
+    bits = [comm.stats.bits_up]
+    s1 = alg.step(s, 1)
+    bits.append(comm.stats.bits_up - bits[0])
+    # per round: x (k = 6, 3 -> K = 2, 1; indices of 3 and 2 bits), y and v (k = 4, 2 -> K = 1, 1; 2 and 1 bits)
+    per = 2 * (64 + 3) + (64 + 2) + 2 * ((64 + 2) + (64 + 1))
+    assert bits == [per, per]
+    masks = alg.layout.masks(alg.layout.draw(1, alg.round_key(1)))
+    for n in ("x", "y", "v"):
+        m = masks["x" if n == "x" else "y"]
+        moved = s1.up[n] - s.up[n]
+        # shifts move only on each client's kept coordinates, by at most K entries per client
+        assert bool((moved[~m] == 0).all())
+        assert all(int((r != 0).sum()) <= K for r, K in zip(moved, (2 if n == "x" else 1, 1)))
+        # coverage average of the estimates (new shifts) over the clients keeping each coordinate
+        est = (s1.up[n] * m).sum(0) / m.sum(0).clamp(min=1)
+        torch.testing.assert_close(getattr(s1, n), getattr(s, n) + est, rtol=1e-12, atol=1e-12)
+
+
+def test_sampled_coverage_and_c_x_star_on_a_hand_made_case():
+    """Static masks, resources [1, 0.5] on 4 clients: clients 0 and 2 keep everything, 1 and 3
+    the first half. With half the clients per round, the second half of x is covered by the
+    sampled full clients only: C_x* = min over rounds of their number; a round that samples none
+    leaves that half unchanged."""
+    alg, comm, q = _algorithm(task={"name": "quadratic", "d_x": 4, "d_y": 6}, workers=4, dtype="float64", rounds=8,
+                              seed=4, algorithm="rabo",
+                              clients={"resources": [1, 0.5], "policy": "static", "fraction": 0.5})
+    s, per_round = alg.init(), []
+    for t in range(8):
+        sampled = sample_clients(rng.key(alg.round_key(t), STREAM_CLIENTS), 4, 0.5, torch.arange(4))[0].tolist()
+        assert sampled == _sampled(alg, t, 0.5)  # RABO samples as the federated methods do
+        full = len({0, 2} & set(sampled))
+        cov = alg.layout.plan(t, alg.round_key(t), torch.tensor(sampled), torch.tensor(sampled)).coverage
+        assert cov["x"].tolist() == [2, 2, full, full] and cov["y"].tolist() == [2] * 3 + [full] * 3
+        new = alg.step(s, t)
+        if full == 0:
+            torch.testing.assert_close(new.x[2:], s.x[2:], rtol=0, atol=0)
+        per_round.append(full)
+        s = new
+    assert alg.metrics(s)["C_x"] == alg.metrics(s)["C_y"] == min(per_round)
+    assert set(per_round) == {0, 1, 2}  # this seed has every kind of round
+    # 2 clients per round send: bits follow the sampled clients' sub-models
+    kept = {0: 4 + 2 * 6, 2: 4 + 2 * 6, 1: 2 + 2 * 3, 3: 2 + 2 * 3}
+    assert comm.stats.bits_up == 64 * sum(kept[w] for t in range(8) for w in _sampled(alg, t, 0.5))
+
+
+def test_sampling_that_never_covers_a_coordinate_is_refused_before_the_run():
+    """One client of 4 per round: a run whose sampled clients are all half-width never covers the
+    second half (the draw is a pure function of the seed, so it is known before the run)."""
+    clients = {"resources": [1, 0.5], "policy": "static"}
+    seen = {}
+    for seed in range(8):
+        alg, _, _ = _algorithm(task="quadratic", algorithm="rabo", workers=4, seed=seed, clients=clients)
+        picks = [_sampled(alg, t, 0.25)[0] for t in range(2)]
+        never = all(p % 2 == 1 for p in picks)  # clients 1 and 3 keep the first half only
+        if never in seen:
+            continue
+        seen[never] = seed
+        sampled = dict(task="quadratic", algorithm="rabo", workers=4, seed=seed, rounds=2,
+                       clients={**clients, "fraction": 0.25})
+        if never:
+            with pytest.raises(ConfigError, match="^clients.fraction: the sampled clients never cover 5 of 10"):
+                _algorithm(**sampled)
+        else:
+            _algorithm(**sampled)
+            with pytest.raises(ConfigError, match="^clients.policy"):  # without the full clients: never
+                _algorithm(**{**sampled, "clients": {**sampled["clients"], "resources": [0.5]}})
+    assert set(seen) == {True, False}
+
+
+def test_compressed_downlink_sends_each_client_its_sub_model():
+    """Network layout: a down-link top-K 10% of each client's received sub-model vector, bits per
+    receiver; at rate 1 (topk:1.0) the clients' copies equal the server's values and the run is
+    plain RABO's."""
+    common = dict(task={**TINY_REP, "hidden": [8]}, workers=4, rounds=3, eval_every=3, dtype="float64",
+                  overrides=["clients.resources=[1, 0.5]"])
+    plain = distbo.run(algorithm="rabo", **common)
+    full = distbo.run(algorithm="rabo", downlink="topk:1.0", **common)
+    torch.testing.assert_close(full.x, plain.x, rtol=1e-12, atol=1e-12)
+    assert full.metrics[-1]["bits_up"] == plain.metrics[-1]["bits_up"]
+    lossy = distbo.run(algorithm="rabo", downlink="topk:0.1", **common)
+    import math
+    sizes = [(64 * h + h, 10 * h + 10) for h in (8, 4)]  # kept x and y of levels 1 and 0.5
+    per = sum(round(0.1 * d) * (64 + math.ceil(math.log2(d))) for dx, dy in sizes for d in (dx, dy, dy))
+    assert lossy.metrics[-1]["bits_down"] == 3 * 2 * per  # 3 rounds, 2 clients per level

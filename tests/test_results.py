@@ -140,7 +140,7 @@ config = "configs/tiny.toml"
 [[runs]]
 label = "boom"
 config = "configs/tiny.toml"
-set = ["algorithm.alpha=1e4"]
+set = ["algorithm.alpha=1e4", "diverge_factor=0"]  # NaN after a few rounds (no stop by growth at round 1)
 """
 
 

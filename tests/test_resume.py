@@ -54,12 +54,13 @@ def _interrupt():
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("algorithm,compressor", [("soba", "identity"), ("ef-soba", "topk:0.5"),
-                                                  ("cm-soba", "randk:0.5")])
-def test_injected_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch, algorithm, compressor):
+@pytest.mark.parametrize("algorithm,compressor,downlink", [
+    ("soba", "identity", "identity"), ("ef-soba", "topk:0.5", "identity"), ("cm-soba", "randk:0.5", "identity"),
+    ("rabo", "topk:0.5", "sign")])  # per-client shifts and per-client down-link copies in the state
+def test_injected_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch, algorithm, compressor, downlink):
     if algorithm not in ALGORITHMS.names():
         pytest.skip(f"{algorithm} not registered")
-    kw = dict(COMMON, algorithm=algorithm, compressor=compressor)
+    kw = dict(COMMON, algorithm=algorithm, compressor=compressor, downlink=downlink)
     ref = distbo.run(TASK, out=tmp_path / "ref", **kw)
 
     monkeypatch.setattr(runner, "build", stop_at(27, _interrupt))
@@ -198,7 +199,8 @@ def test_every_registered_algorithm_state_round_trips(tmp_path):
         for comp in ("identity", "randk:0.5", "topk:0.5"):  # the first one the algorithm accepts
             try:
                 res, problem = runner.resolve({"task": dict(TASK), "algorithm": name, "workers": 4,
-                                               "compressor": comp, "dtype": "float64", "rounds": 2})
+                                               "compressor": comp, "dtype": "float64", "rounds": 2,
+                                               "downlink": "sign"})  # its copies are state too
                 algorithm, comm = runner.build(res, problem)
                 break
             except distbo.ConfigError:

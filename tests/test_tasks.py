@@ -166,4 +166,5 @@ def test_ready_configs_resolve(path):
     raw = tomllib.loads(path.read_text())
     res, problem = resolve(raw)
     assert problem.n_workers == raw["workers"] and res.run.task["partition"] == raw["task"]["partition"]
-    assert res.algorithm.alpha == raw.get("algorithm", {}).get("alpha", problem.defaults["alpha"])
+    given = raw.get("algorithm", {}).get("alpha")
+    assert res.algorithm.alpha == given if given is not None else res.algorithm.alpha > 0  # else derived

@@ -3,16 +3,16 @@ import torch
 import distbo
 from distbo.config import check_run
 from distbo.problems.quadratic import Quadratic
-from distbo.runner import SMALL_MODEL, threads_for
+from distbo.runner import threads_for
 
 
 def test_thread_policy():
     small = Quadratic(workers=2, d_x=3, d_y=4)
     big = Quadratic.__new__(Quadratic)
-    big.d_x, big.d_y = SMALL_MODEL, 1
+    big.d_x, big.d_y = 200_000, 1
     assert threads_for(check_run({}), small, 8) == 1
-    assert threads_for(check_run({}), big, 8) == 8
-    assert threads_for(check_run({"threads": 3}), small, 8) == 3
+    assert threads_for(check_run({}), big, 8) == 1  # unset: one thread whatever the model
+    assert threads_for(check_run({"threads": 3}), big, 8) == 3
 
 
 def test_a_run_restores_the_callers_thread_count():

@@ -9,7 +9,7 @@ from .errors import ConfigError, DistboError, DivergenceError
 #: imported on first use, so that ``distbo run`` checks its flags before torch is loaded
 _LAZY = {"tasks": ("problems", None), "Problem": ("problems.base", "Problem"),
          "ModuleProblem": ("problems.module", "ModuleProblem"),
-         "Result": ("runner", "Result"), "run": ("runner", "run")}
+         "Result": ("runner", "Result"), "run": ("runner", "run"), "tune": ("tuning", "tune")}
 
 
 def __getattr__(name: str):
@@ -24,5 +24,5 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["ConfigError", "DistboError", "DivergenceError", "ModuleProblem", "Problem", "Result", "run", "tasks"]
+__all__ = ["ConfigError", "DistboError", "DivergenceError", "ModuleProblem", "Problem", "Result", "run", "tasks", "tune"]
 __version__ = "0.1.0"

@@ -41,7 +41,8 @@ def command(name: str, help: str, args: ArgsFn = lambda p: None):
     return deco
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
+def _config_args(p: argparse.ArgumentParser) -> None:
+    """The flags that make a configuration (``distbo run`` and ``distbo tune``; see ``raw_config``)."""
     p.add_argument("config", nargs="?", help="a TOML configuration file")
     p.add_argument("--task", help="task name (see 'distbo list')")
     p.add_argument("--algorithm", help="algorithm name (see 'distbo list'; 'distbo list NAME' shows its "
@@ -58,6 +59,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="override a config field by dotted key (repeatable); every key, with its "
                    "default and range: 'distbo list ALGORITHM|TASK', 'distbo list --markdown'")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
     p.add_argument("--out", help="output folder (default: runs/<task>-<algorithm>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its folder (with it only "
                    "--rounds, --eval-every, --until, --procs and --set of rounds, eval_every, until, timeout, threads)")
@@ -94,7 +99,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         try:
             result = launch.run_procs(raw, None, out, not a.quiet, res.run.procs, res.run.timeout, res.run.workers)
         except launch.LaunchError as exc:
-            sys.stderr.write(f"distbo: error: {exc}\n")
+            sys.stderr.write(f"distbo: error: {one_line(exc)}\n")
             return exc.code
     else:
         result = execute(res, problem, out, progress=not a.quiet, overwrite=a.overwrite)
@@ -108,17 +113,26 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_raw(a: argparse.Namespace) -> dict[str, Any]:
-    """The raw configuration of ``distbo run`` (TOML file, flags, --set), its top-level fields
-    checked, and ``--out`` checked (torch-free: config.py, folders.py)."""
-    from . import folders
-    from .config import apply_set, check_run, load_toml, merge
+def raw_config(a: argparse.Namespace) -> dict[str, Any]:
+    """The raw configuration of the run flags: CONFIG, then the flags, then each --set."""
+    from .config import apply_set, load_toml, merge
 
     raw: dict[str, Any] = load_toml(a.config) if a.config else {}
     raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until, engine=a.engine)
+                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until,
+                engine=a.engine)
     for item in a.sets:
         apply_set(raw, item)
+    return raw
+
+
+def _checked_raw(a: argparse.Namespace) -> dict[str, Any]:
+    """The raw configuration of ``distbo run``, its top-level fields checked, and ``--out``
+    checked (torch-free: config.py, folders.py)."""
+    from . import folders
+    from .config import check_run
+
+    raw = raw_config(a)
     check_run(raw)
     if a.out is not None:
         folders.check_out(a.out)
@@ -186,9 +200,21 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-@command("list", "list tasks, algorithms and compressors")
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", metavar="NAME", help="a task, algorithm or compressor: every parameter "
+                   "with its type, default, range and description")
+    p.add_argument("--markdown", action="store_true", help="print the whole configuration reference as Markdown "
+                   "(docs/reference.md)")
+
+
+@command("list", "list tasks, algorithms and compressors, or the parameters of one", _list_args)
 def cmd_list(a: argparse.Namespace) -> int:
+    from . import reference
     from .algorithms import ALGORITHMS
+
+    if a.name or a.markdown:
+        print(reference.describe(a.name) if a.name else reference.markdown(), end="")
+        return 0
     from .compressors import COMPRESSORS
     from .problems import TASKS
 
@@ -203,7 +229,7 @@ def _load_extensions() -> None:
     """Subcommands defined in other modules register themselves on import."""
     import importlib
 
-    for mod in ("distbo.results",):
+    for mod in ("distbo.results", "distbo.tuning"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -227,10 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_as_interrupt():
             return a.fn(a)
     except DivergenceError as exc:
-        sys.stderr.write(f"distbo: error: {exc}\n")
+        sys.stderr.write(f"distbo: error: {one_line(exc)}\n")
         return EXIT_DIVERGED
     except DistboError as exc:
-        sys.stderr.write(f"distbo: error: {exc}\n")
+        sys.stderr.write(f"distbo: error: {one_line(exc)}\n")
         return getattr(exc, "exit_code", EXIT_INPUT)
     except KeyboardInterrupt as exc:
         sys.stderr.write(f"distbo: {'stopped by SIGTERM' if isinstance(exc, Terminated) else 'interrupted'}\n")
@@ -239,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         sys.stderr.write(f"distbo: error: {where}{exc.strerror or exc}\n")
         return EXIT_OS
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (a newline in a value the user typed is shown as \\n)."""
+    return str(exc).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class Terminated(KeyboardInterrupt):

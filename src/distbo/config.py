@@ -60,25 +60,29 @@ class FlowerConfig(Params):
 
 
 class RunConfig(Params):
-    task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"})
-    algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"})
+    task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"},
+                                 description="the task: a name, or a [task] section with name and its parameters")
+    algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"}, description="the algorithm: a "
+                                      "name, or an [algorithm] section with name and its hyper-parameters")
     compressor: str = Field("identity", description="up-link compressor spec, e.g. topk:0.1")
     downlink: str = Field("identity", description="down-link compressor spec")
     workers: int = Field(8, gt=0, description="number of workers (clients)")
     rounds: int = Field(1000, ge=0, description="outer iterations")
     eval_every: int = Field(10, gt=0, description="evaluate every k rounds")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every k rounds (0: only at the end)")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (distbo.rng keys are 32-bit)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the task's data and of every random draw of "
+                      "the run (distbo.rng keys are 32-bit)")
     procs: int = Field(1, gt=0, description="processes on this machine")
     timeout: float = Field(30.0, gt=0, description="seconds a multi-process run waits for a silent process "
                            "before it fails")
-    threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1 for models "
-                                "under 100k parameters, else the cores per process)")
-    dtype: Literal["float32", "float64"] = "float32"
+    threads: int | None = Field(None, ge=1, description="torch threads per process (unset: 1, which is "
+                                "fastest on a shared machine; docs/speed.md)")
+    dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of the run")
+    clients: ClientsConfig = Field(default_factory=ClientsConfig, description="client settings of the federated "
+                                   "and pruning methods ([clients] section)")
     device: str = Field("cpu", description="where to compute: cpu, cuda, cuda:N or auto (cuda if present)")
     worker_chunk: int | None = Field(None, ge=1, description="evaluate the oracles this many workers at a "
                                      "time (memory O(chunk d) instead of O(workers d)); unset: all at once")
-    clients: ClientsConfig = Field(default_factory=ClientsConfig)
     engine: Literal["sim", "flower"] = Field("sim", description="sim: the simulator (or torch.distributed with "
                                              "procs > 1); flower: Flower apps, one round trip per exchange")
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
@@ -184,10 +188,13 @@ class Resolved:
     run: RunConfig
     task: Params | None  # None for a user-supplied Problem
     algorithm: Params
+    derived: dict[str, Any] | None = None  # inputs of the derived defaults (defaults.py)
 
     def as_dict(self) -> dict[str, Any]:
         d = self.run.model_dump()
         d["task"] = ({"name": self.run.task["name"], **self.task.model_dump()} if self.task is not None
                      else {"name": "custom"})  # a user-defined Problem
         d["algorithm"] = {"name": self.run.algorithm["name"], **self.algorithm.model_dump()}
+        if self.derived is not None:
+            d["derived"] = self.derived
         return d

@@ -297,7 +297,7 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, DivergenceError):
         return 3
     if isinstance(exc, DistboError):
-        return 2
+        return getattr(exc, "exit_code", 2)  # 4: a file of the run folder could not be written
     if isinstance(exc, KeyboardInterrupt):
         return 130
     return 1

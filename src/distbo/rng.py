@@ -130,8 +130,9 @@ def randint(k: torch.Tensor, high: int | torch.Tensor, shape: tuple[int, ...]) -
     return bits32(k, shape) % high
 
 
-def subset(k: torch.Tensor, d: int, size: int) -> torch.Tensor:
-    """A uniformly random ``size``-subset of range(d) per key, as sorted int64 indices."""
+def subset(k: torch.Tensor, d: int, size: int, ordered: bool = True) -> torch.Tensor:
+    """A uniformly random ``size``-subset of range(d) per key, as sorted int64 indices (with
+    ``ordered=False`` the same subset in torch.topk's order, deterministic, without the sort)."""
     scores = _bits_i32(torch.as_tensor(k), d).bitwise_xor_(-0x80000000)  # unsigned order as signed int32
     idx = torch.topk(scores, size, dim=-1, largest=False, sorted=False).indices
-    return torch.sort(idx, dim=-1).values
+    return torch.sort(idx, dim=-1).values if ordered else idx

@@ -27,6 +27,7 @@ from .comm.base import CommStats, Communicator
 from .compressors import make_compressor
 from .compressors.base import check_sizes
 from .config import DTYPES, Resolved, RunConfig, check_run
+from .defaults import derived_fields, resolve_hyper
 from .devices import default_device, resolve_device, to_device
 from .errors import ConfigError, DivergenceError
 from .launch import in_job, make_comm, run_procs
@@ -50,7 +51,9 @@ class Result:
 
 
 def task_defaults(problem: Problem, algorithm: str, fields: dict) -> dict[str, Any]:
-    """A task's recommended hyper-parameters for an algorithm (flat keys, then per-algorithm)."""
+    """A task's recommended hyper-parameters for an algorithm (flat keys, then per-algorithm). For a
+    hyper-parameter with a derived default it replaces the base value before the compressor and
+    local-step scaling (defaults.py)."""
     d = {k: v for k, v in problem.defaults.items() if k in fields}
     specific = problem.defaults.get(algorithm)
     if isinstance(specific, dict):
@@ -77,8 +80,12 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
         run = run.model_copy(update={"workers": problem.n_workers})
     for name in ("compressor", "downlink"):
         check_sizes(make_compressor(getattr(run, name), name), (problem.d_x, problem.d_y), name)
-    merged = {**task_defaults(problem, run.algorithm["name"], alg_entry.params.model_fields), **user_alg}
-    return Resolved(run, task_params, validate(alg_entry.params, merged, "algorithm")), problem
+    name = run.algorithm["name"]
+    task = task_defaults(problem, name, alg_entry.params.model_fields)
+    base = {k: v for k, v in task.items() if k in derived_fields(alg_entry.params) and k not in user_alg}
+    hp = validate(alg_entry.params, {**{k: v for k, v in task.items() if k not in base}, **user_alg}, "algorithm")
+    hp, derived = resolve_hyper(name, hp, problem, run.compressor, run.seed, base, run.clients.fraction)
+    return Resolved(run, task_params, hp, derived), problem
 
 
 def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
@@ -165,17 +172,13 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
         torch.set_num_threads(before)
 
 
-SMALL_MODEL = 100_000  # parameters (d_x + d_y) below which one thread is fastest
-
-
 def threads_for(run: RunConfig, problem: Problem, available: int) -> int:
-    """Torch threads for this run: ``run.threads`` if set, else 1 for a small model (its ops are too
-    small to split, and idle threads spinning on a busy machine cost up to 40x: measured 0.27 s vs
-    10.9 s for 100 rounds of SOBA on the 60-parameter quadratic beside another job), else all the
-    cores this process has (the launcher gives each process cores // procs)."""
-    if run.threads is not None:
-        return run.threads
-    return 1 if problem.d_x + problem.d_y < SMALL_MODEL else available
+    """Torch threads for this run: ``run.threads`` if set, else 1. Idle threads spin on a shared
+    machine: beside other jobs (2 cores, load ~20) a hyperrep SOBA round took 2.1 s with 1 thread
+    and 6.1 s with 2 at 100 workers, 0.52 s vs 3.65 s at 10 workers, and the 60-parameter
+    quadratic 0.14 s vs 0.26 s (benchmarks/speed.py --thread-policy, docs/speed.md). More threads
+    pay off only on cores you have to yourself: set ``threads`` then."""
+    return run.threads if run.threads is not None else 1
 
 
 def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: Path | None,

@@ -76,6 +76,8 @@ class RunControl:
     def after_eval(self, row: dict[str, Any], first: dict[str, Any]) -> bool:
         """Check an evaluation row against the round-0 row ``first``: DivergenceError if a metric grew
         past its limit, True if the target is met. Every process gets rank 0's answer."""
+        if self.target is None and not self.factor:  # nothing to check (the same in every process)
+            return False
         if self.target is not None and self.target.field not in row:
             allowed = sorted(k for k, v in row.items() if _number(v))
             raise ConfigError("until", f"unknown field '{self.target.field}'; allowed: {', '.join(allowed)}")

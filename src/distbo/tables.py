@@ -90,20 +90,22 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def to_text(header: list[str], body: list[list[Any]]) -> str:
+def to_text(header: list[str], body: list[list[Any]], left: int = 1) -> str:
+    """Aligned columns; the first ``left`` are aligned left, the others right."""
     cells = [header] + [[fmt(v) for v in row] for row in body]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in cells]
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(header: list[str], body: list[list[Any]]) -> str:
+def to_markdown(header: list[str], body: list[list[Any]], left: int = 2) -> str:
+    """A Markdown table; the first ``left`` columns are aligned left, the others right."""
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
     lines = ["| " + " | ".join(esc(h) for h in header) + " |",
-             "|" + "|".join(":--" if i < 2 else "--:" for i in range(len(header))) + "|"]
+             "|" + "|".join(":--" if i < left else "--:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(esc(fmt(v)) for v in row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,7 @@ from pydantic import Field
 from .. import rng
 from ..comm.base import Communicator
 from ..compressors.base import Compressor
+from ..defaults import derived
 from ..errors import ConfigError
 from ..oracles import Oracles
 from ..problems.base import Problem
@@ -52,11 +53,16 @@ class Context:
 
 
 class StepSizes(Params):
-    """Step sizes shared by the single-loop methods (x: alpha, y: beta, v: gamma)."""
+    """Step sizes shared by the single-loop methods (x: alpha, y: beta, v: gamma). Unset, they are
+    derived from the problem's constants and the compressor when the run is resolved
+    (distbo/defaults.py, docs/defaults.md)."""
 
-    alpha: float = Field(0.1, gt=0, description="upper-level (x) step size")
-    beta: float = Field(0.1, gt=0, description="lower-level (y) step size")
-    gamma: float = Field(0.1, gt=0, description="linear-system (v) step size")
+    alpha: float | None = Field(None, gt=0, description="upper-level (x) step size", json_schema_extra=derived(
+        "0.5/L_Phi (else 0.5/L_g) x compressor factor on d_x (x min(1, 2 theta) with a moving average); rabo/rafbo: / T"))
+    beta: float | None = Field(None, gt=0, description="lower-level (y) step size", json_schema_extra=derived(
+        "1/L_g x compressor factor on d_y; rabo/rafbo: min(1/L_g, 1/(T L_g,max))"))
+    gamma: float | None = Field(None, gt=0, description="linear-system (v) step size", json_schema_extra=derived(
+        "as beta"))
     schedule: Literal["constant", "sqrt"] = Field("constant", description="constant or 1/sqrt(k+1) decay")
     radius: float | None = Field(None, gt=0, description="project v onto ||v|| <= radius (off if unset)")
 

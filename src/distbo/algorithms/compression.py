@@ -6,8 +6,12 @@ Uplinks (workers -> server, one ``comm.exchange`` each; interface of algorithms/
   m_* = mean_i m_*^i (both start at 0):
       c_*^i = C(D_*^i - m_*^i);  m_*^i += rho c_*^i;  estimate g_* = m_* + mean_i c_*^i;
       m_* += rho mean_i c_*^i.
-  rho unset: 1 for a contractive (or exact) C, 1/(1+omega) for an unbiased C (per variable, as
-  omega depends on d). The server shift is a function of what workers sent, so it is replicated.
+  rho: derived by distbo/defaults.py when the run is resolved (1 for a contractive or exact C,
+  the smallest 1/(1+omega(d)) over the variables for an unbiased C); built without a resolved
+  value (None) the uplink uses 1/(1+omega(d)) per variable. The server shift is a function of what
+  workers sent, so it is replicated.
+  The workers' shifts [n, d] are updated in place (one pass instead of a copy per round): the
+  state a round starts from is consumed by it.
 Multi-step compression (the MSC variants) is not an uplink: it is the compressor
 ``compressors.multi_step(C, R)`` fed to either uplink.
 
@@ -90,7 +94,7 @@ class ErrorFeedbackUplink:
         mean_c = comm.exchange(payloads)
         rho = {k: self.shift_step(D[k].shape[-1]) for k in D}
         est = {k: s.server[k] + mean_c[k] for k in D}
-        return Shifts({k: self.c.add_to(s.worker[k], payloads[k].fields, D[k].shape[-1], rho[k]) for k in D},
+        return Shifts({k: self.c.add_to_(s.worker[k], payloads[k].fields, D[k].shape[-1], rho[k]) for k in D},
                       {k: s.server[k] + rho[k] * mean_c[k] for k in D}), est
 
 

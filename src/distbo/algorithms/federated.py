@@ -13,6 +13,10 @@ number of exchanges.
 ``local_steps`` is the clients' work of FedAvg (plain local SGD) and of FedInn (SVRG-corrected
 local steps); ``neumann`` the truncated Neumann series of FedIHGP (global) and LFedNest (local).
 
+Default alpha, beta (and eta) are derived from the problem's constants and the compressor when the
+run is resolved (distbo/defaults.py: tau beta L_g,max <= 1, eta = 1/L_g, alpha shrinking with
+every compressed message on the hypergradient's way; docs/defaults.md).
+
 Down-link (``ctx.downlink``; docs/composition.md). Every server->client broadcast goes through
 ``FedRound.broadcast``, which returns what the clients hold; the algorithms compute with that
 (``FedRound.seen`` for x and y) and the server updates its exact values. With a compressed
@@ -41,6 +45,7 @@ from pydantic import Field
 
 from .. import rng
 from ..comm.messages import Dense, DenseSum, Message
+from ..defaults import derived
 from ..oracles import Oracles
 from ..problems.base import Batch
 from ..registry import Params
@@ -54,8 +59,10 @@ DOWN = -1  # sub-key of the down-link's broadcasts (the up-link's count exchange
 class FederatedParams(Params):
     """Hyper-parameters every federated method has."""
 
-    alpha: float = Field(0.1, gt=0, le=100, description="upper-level (x) step size")
-    beta: float = Field(0.05, gt=0, le=100, description="clients' local lower-level step size")
+    alpha: float | None = Field(None, gt=0, le=100, description="upper-level (x) step size",
+                                json_schema_extra=derived("as soba's alpha x compressor factor on d_x"))
+    beta: float | None = Field(None, gt=0, le=100, description="clients' local lower-level step size",
+                               json_schema_extra=derived("min(1/L_g, 1/(tau L_g,max)) x compressor factor on d_y"))
     inner_rounds: int = Field(5, ge=1, le=10_000,
                               description="lower-level rounds per outer iteration (AggITD's N, FedNest's T)")
     local_steps: int = Field(5, ge=1, le=10_000, description="tau: clients' local steps per lower-level round")

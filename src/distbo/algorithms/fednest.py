@@ -32,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from pydantic import Field
 
+from ..defaults import derived
 from ..problems.base import Batch
 from .base import ALGORITHMS, Context
 from .federated import FederatedAlgorithm, FederatedParams, FedRound, fedavg_round, neumann
@@ -43,7 +44,9 @@ class LFedNestParams(FederatedParams):
     """alpha, beta; inner_rounds = T, local_steps = tau; neumann_terms = N with step eta."""
 
     neumann_terms: int = Field(10, ge=0, le=10_000, description="N: Neumann series terms")
-    eta: float = Field(0.1, gt=0, le=100, description="Neumann series step (below 1/L of g)")
+    eta: float | None = Field(None, gt=0, le=100, description="Neumann series step (below 1/L of g)",
+                              json_schema_extra=derived("fednest: 1/L_g x compressor factor on d_y; "
+                                                        "lfednest (own Hessians): 1/L_g,max"))
 
 
 class FedNestParams(LFedNestParams):

@@ -13,9 +13,9 @@ The products are second-order free by default, central finite differences of gra
 only their kept coordinates' changes; the server adds, per coordinate, their sum divided by the
 number of clients that covered it (coverage average; an uncovered coordinate keeps its value) and
 records the minimum coverage so far, C_x* and C_y* (metrics ``C_x``, ``C_y``), which governs the
-rate O(1/sqrt(C_x* Q)), and ``hypergrad_proxy``, the norm of the full-model hypergradient estimate at
-the server's (x, y, v) on a fixed evaluation minibatch (``RABO.hypergrad_proxy``). Clients of one resource level share sub-network sizes and run as one
-vmapped group, so a client's FLOPs, memory and time fall with its level (``client_flops_*``);
+rate O(1/sqrt(C_x* Q)), and ``hypergrad_proxy``, the norm of the full-model hypergradient estimate
+at the server's (x, y, v) on a fixed evaluation minibatch (``RABO.hypergrad_proxy``). Clients of one
+resource level share sub-network sizes and run as one vmapped group, so a client's FLOPs, memory and time fall with its level (``client_flops_*``);
 a task opts in with ``units()`` and ``sizes=`` on its losses (see algorithms/submodels.py).
 With every resource 1, exact products and T = 1, one round equals a SOBA round.
 

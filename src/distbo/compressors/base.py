@@ -44,8 +44,12 @@ class Compressor(ABC):
         return self.decode(fields, d).sum(0)
 
     def add_to(self, base: Tensor, fields: Fields, d: int, alpha: float = 1.0) -> Tensor:
-        """base + alpha * decode(fields), row by row, as a new tensor (error-feedback shifts)."""
-        return torch.add(base, self.decode(fields, d), alpha=alpha)
+        """base + alpha * decode(fields), row by row, as a new tensor."""
+        return self.add_to_(base.clone(), fields, d, alpha)
+
+    def add_to_(self, base: Tensor, fields: Fields, d: int, alpha: float = 1.0) -> Tensor:
+        """base += alpha * decode(fields) in place (error-feedback shifts); returns base."""
+        return base.add_(self.decode(fields, d), alpha=alpha)
 
     def omega(self, d: int) -> float:
         """Variance bound of an unbiased compressor."""
@@ -134,8 +138,7 @@ def check_sizes(comp: Compressor, dims: tuple[int, ...], field: str = "compresso
             try:
                 resolve_k(comp.k_arg, d, field)
             except ConfigError as exc:
-                raise ConfigError(field, f"{comp.spec}: {exc.message} (this problem sends vectors of "
-                                  f"{' and '.join(map(str, sorted(set(dims))))} values)") from None
+                raise ConfigError(field, f"{comp.spec}: {exc.message}") from None
 
 
 def make_compressor(spec: str, field: str = "compressor") -> Compressor:

@@ -39,8 +39,8 @@ class Scaled(Compressor):
     def decode_sum(self, fields, d):
         return self.inner.decode_sum(fields, d) * self.factor(d)
 
-    def add_to(self, base, fields, d, alpha=1.0):
-        return self.inner.add_to(base, fields, d, alpha * self.factor(d))
+    def add_to_(self, base, fields, d, alpha=1.0):
+        return self.inner.add_to_(base, fields, d, alpha * self.factor(d))
 
     def delta(self, d):
         return self.factor(d)
@@ -85,9 +85,9 @@ class MultiStep(Compressor):
     def decode_sum(self, fields: Fields, d: int) -> torch.Tensor:
         return sum(self.step_c.decode_sum(p, d) for p in self.parts(fields))
 
-    def add_to(self, base, fields, d, alpha=1.0):
+    def add_to_(self, base, fields, d, alpha=1.0):
         for p in self.parts(fields):
-            base = self.step_c.add_to(base, p, d, alpha)
+            self.step_c.add_to_(base, p, d, alpha)
         return base
 
     def delta(self, d):

@@ -4,7 +4,8 @@ Both keep K coordinates per row, batched over the worker axis. K is given as a c
 as a fraction of d ('0.05') and resolved against each message's d (``resolve_k``).
 
 - rand-K sends its K values and the 32-bit seed of the row; the decoder regenerates the same K
-  indices from that seed (``rng.subset``) and scales by d/K: 32 K + 32 bits. Unbiased,
+  indices from that seed (``rng.subset``, in its unsorted, deterministic order: sorting them cost
+  a sort of n K indices per message and changes no sum) and scales by d/K: 32 K + 32 bits. Unbiased,
   omega = d/K - 1.
 - top-K sends the K largest-magnitude values and their indices, each index in ceil(log2 d) bits:
   K (32 + ceil(log2 d)) bits. Contractive, delta = K/d.
@@ -70,7 +71,7 @@ class RandK(Compressor):
         for known, idx in self._recent:
             if known is seeds and idx.shape[-1] == k:
                 return idx
-        idx = rng.subset(seeds, d, k)
+        idx = rng.subset(seeds, d, k, ordered=False)  # any fixed order: decoders draw the same
         self._recent = [*self._recent[-7:], (seeds, idx)]  # one round's variables and MSC steps
         return idx
 
@@ -93,9 +94,9 @@ class RandK(Compressor):
     def decode_sum(self, fields, d):
         return sparse_sum(*self._sparse(fields, d), d)
 
-    def add_to(self, base, fields, d, alpha=1.0):
+    def add_to_(self, base, fields, d, alpha=1.0):
         idx, values = self._sparse(fields, d)
-        return base.clone().scatter_add_(-1, idx, values * alpha)
+        return base.scatter_add_(-1, idx, values * alpha)
 
     def omega(self, d):
         return d / self.k(d) - 1.0
@@ -124,8 +125,8 @@ class TopK(Compressor):
     def decode_sum(self, fields, d):
         return sparse_sum(fields["indices"][0], fields["values"][0], d)
 
-    def add_to(self, base, fields, d, alpha=1.0):
-        return base.clone().scatter_add_(-1, fields["indices"][0], fields["values"][0] * alpha)
+    def add_to_(self, base, fields, d, alpha=1.0):
+        return base.scatter_add_(-1, fields["indices"][0], fields["values"][0] * alpha)
 
     def delta(self, d):
         return self.k(d) / d

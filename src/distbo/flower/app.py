@@ -114,7 +114,7 @@ def wait_for_nodes(grid: Grid, nodes: int, timeout: float) -> list[int]:
 
 def serve(grid: Grid, raw: dict[str, Any], out: Path | None, progress: bool = False):
     """The ServerApp's work: the whole run, through ``grid``; the runner's Result, with the
-    Flower byte counts in ``extra["flower"]``."""
+    Flower byte counts in ``extra["flower"]`` (and in ``out``/flower.json)."""
     from ..runner import execute, resolve
 
     res, problem = resolve(raw)
@@ -124,6 +124,8 @@ def serve(grid: Grid, raw: dict[str, Any], out: Path | None, progress: bool = Fa
     trip = GridRoundTrip(grid, ids, raw, res.run.workers, res.run.timeout)
     result = execute(res, problem, out, progress, comm=ServerComm(res.run.workers, trip))
     result.extra["flower"] = {**trip.log.as_dict(), "nodes": nodes}
+    if result.out is not None:
+        (result.out / "flower.json").write_text(json.dumps(result.extra["flower"], indent=2) + "\n")
     return result
 
 
@@ -142,7 +144,6 @@ def _main(grid: Grid, context: Context) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "error.txt").write_text(f"{exc}\n")
         raise
-    (out / "flower.json").write_text(json.dumps(result.extra["flower"], indent=2) + "\n")
     torch.save({"x": result.x, "y": result.y}, out / "flower-point.pt")
 
 

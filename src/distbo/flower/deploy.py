@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..comm.flower import NodeError
+from ..launch import LaunchError
 from ..errors import ConfigError
 
 HOST = "127.0.0.1"  # never any other address
@@ -106,7 +107,8 @@ def run_deployment(raw: dict[str, Any], out: Path | None, progress: bool = False
     run = check_run(raw)
     nodes = run.flower.nodes or run.workers
     tmp = Path(tempfile.mkdtemp(prefix="distbo-flower-"))
-    out = Path(out).absolute() if out is not None else tmp / "out"
+    keep = out is not None
+    out = Path(out).absolute() if keep else tmp / "out"
     home, app = tmp / "home", tmp / "app"
     home.mkdir()
     app.mkdir()
@@ -126,23 +128,29 @@ def run_deployment(raw: dict[str, Any], out: Path | None, progress: bool = False
                         "--host", HOST, "--port", str(free_port()),
                         "--node-config", f"partition-id={j} num-partitions={nodes}")
         wait_for_port(link, run.timeout)
-        submit = subprocess.run([_bin("flwr"), "run", str(app), "distbo-local", "--stream"], env=env,
-                                capture_output=True, text=True, timeout=max(120.0, 30 * run.timeout))
-        (tmp / "flwr-run.log").write_text(submit.stdout + submit.stderr)
+        limit = max(120.0, 30 * run.timeout)
+        try:
+            submit = subprocess.run([_bin("flwr"), "run", str(app), "distbo-local", "--stream"], env=env,
+                                    capture_output=True, text=True, timeout=limit)
+            (tmp / "flwr-run.log").write_text(submit.stdout + submit.stderr)
+        except subprocess.TimeoutExpired:
+            raise LaunchError(f"the Flower run did not end within {limit:g} s; logs in {tmp}", None, 1) from None
     finally:
         procs.stop()
     seconds = time.perf_counter() - tic
     err = out / "error.txt"
-    if err.is_file():
+    if err.is_file():  # the ServerApp's one line (a failing node names itself)
         line = err.read_text().strip()
-        raise NodeError(line, None, 1) if line.startswith("Flower node") else RuntimeError(line)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise NodeError(line, None, 1)
     if not (out / "summary.json").is_file():
-        raise ConfigError("engine", f"the Flower deployment run wrote no results; logs in {tmp}")
+        raise LaunchError(f"the Flower deployment run wrote no results; logs in {tmp}", None, 1)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     point = torch.load(out / "flower-point.pt", weights_only=True)
     extra = {"flower": {**json.loads((out / "flower.json").read_text()), "runtime": "deployment",
                         "total_s": round(seconds, 3)}}
-    result = Result(rows, point["x"], point["y"], None, json.loads((out / "config.json").read_text()), out,
+    result = Result(rows, point["x"], point["y"], None, json.loads((out / "config.json").read_text()),
+                    out if keep else None,
                     json.loads((out / "summary.json").read_text())["status"], extra)
     shutil.rmtree(tmp, ignore_errors=True)
     return result

@@ -19,7 +19,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from .app import client_app, serve
+from .app import blocks, client_app, serve
 
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
@@ -77,6 +77,7 @@ def run_flower(raw: dict[str, Any], out: Path | None, progress: bool = False):
     from ..config import check_run
 
     run = check_run(raw)
+    blocks(run.workers, run.flower.nodes or run.workers)  # fail before starting anything
     if run.flower.runtime == "deployment":
         from .deploy import run_deployment
 

@@ -32,7 +32,8 @@ class Problem(ABC):
     d_x: int
     d_y: int
     dtype: torch.dtype = torch.float32
-    #: recommended hyper-parameters (e.g. step sizes) used where the user sets none
+    #: measured overrides where the user sets none: for a hyper-parameter with a derived default
+    #: (step sizes) the base value before the compressor / local-step scaling (distbo/defaults.py)
     defaults: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
@@ -62,6 +63,13 @@ class Problem(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts recorded in config.json (data sizes, client label histograms, ...)."""
         return {}
+
+    def constants(self) -> dict[str, Any] | None:
+        """Smoothness constants for the derived defaults (distbo/defaults.py), if known in closed
+        form: ``L_g`` and ``mu_g`` (largest / smallest eigenvalue of the workers' mean H_yy),
+        ``L_g_max`` (largest single-worker L_g,i) and optionally ``L_phi`` (smoothness of Phi).
+        None (the default): distbo estimates them by power iteration at (x0, y0)."""
+        return None
 
     # --- optional pieces a problem may provide for sub-model (pruning) algorithms ---
     def units(self) -> dict[str, Any] | None:

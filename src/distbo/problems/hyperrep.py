@@ -42,8 +42,6 @@ class HyperrepParams(ClassificationParams):
 
 
 class Hyperrep(ClassificationTask):
-    defaults = {"alpha": 0.1, "beta": 0.3, "gamma": 0.3}  # SOBA sweep on mnist5k (README)
-
     def __init__(self, workers: int = 10, seed: int = 0, dtype=torch.float32,
                  params: HyperrepParams | None = None, **kw):
         p = params or HyperrepParams(**kw)

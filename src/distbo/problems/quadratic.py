@@ -24,10 +24,6 @@ def _spd(base: torch.Tensor, pert: torch.Tensor, h: float, mu: float) -> torch.T
 
 
 class Quadratic(Problem):
-    # local steps of the federated methods run on single workers (L_i up to ~20 at heterogeneity 2)
-    defaults = {"alpha": 0.1, "beta": 0.3, "gamma": 0.3,
-                **{a: {"beta": 0.05} for a in ("aggitd", "fednest", "lfednest")}}
-
     def __init__(self, workers: int = 8, d_x: int = 10, d_y: int = 20, heterogeneity: float = 1.0,
                  noise: float = 0.0, mu: float = 1.0, seed: int = 0, dtype=torch.float32):
         self.n_workers, self.d_x, self.d_y, self.dtype = workers, d_x, d_y, dtype
@@ -137,6 +133,14 @@ class Quadratic(Problem):
             "x_err": float((x64 - self.x_star.to(torch.float64)).norm()),
             "y_err": float((y64 - self.y_star(x64)).norm()),
         }
+
+    def constants(self):
+        """Closed form: the spectrum of the mean A (L_g, mu_g), of each A_i (L_g,max) and of Phi's
+        Hessian (L_phi), all constant in (x, y)."""
+        ev = torch.linalg.eigvalsh(self.mean64["A"])
+        return {"L_g": float(ev.max()), "mu_g": float(ev.min()),
+                "L_g_max": float(torch.linalg.eigvalsh(self._data64["A"]).max()),
+                "L_phi": float(torch.linalg.eigvalsh(self._phi_hessian(self.mean64)).max()), "source": "closed form"}
 
     def describe(self):
         A = self.mean64["A"]

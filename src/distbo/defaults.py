@@ -1,0 +1,316 @@
+"""Derived defaults: step sizes and other hyper-parameters from the problem's constants and the
+compressor (issue 12; ALGORITHMS.md section 6; the formulas and the measured matrix are in
+docs/defaults.md).
+
+A hyper-parameter whose default is derived has default None and ``json_schema_extra={"derived":
+rule}`` in its schema. ``resolve_hyper`` (called by ``runner.resolve``, where config.json's values
+are decided) fills every such field the user left unset, in three stages:
+
+1. Problem constants (``problem_constants``): ``Problem.constants()`` if the task knows them in
+   closed form (the quadratic), else estimated at (x0, y0) by ``estimate_constants``: power
+   iterations of H_yy v through distbo's oracles on the mean over all workers (L_g, and mu_g from
+   the shifted matrix L_g I - H_yy) and on every single worker at once (L_g,max = max_i L_g,i), on
+   one g-batch per worker drawn from the seed, in float64 when the problem's losses accept it and
+   with one torch thread, so every process of a ``--procs`` run derives the same numbers.
+2. Base steps of an uncompressed single step: beta0 = gamma0 = C_Y / L_g, alpha0 = C_X / L_Phi
+   (L_Phi known) or C_X / L_g;
+   a task's ``defaults`` dict may replace these base values (measured overrides, documented there).
+3. Scaling: per variable dimension d, by the compressor (``compressor_factor``: DIANA
+   1 / (1 + C_OMEGA omega / n) for an unbiased C, EF21 1 / (1 + sqrt(b / t)) for a contractive
+   one), and by local steps (tau * beta * L_g,max <= C_LOCAL).
+
+Every number is rounded to 4 significant digits. A value the user sets is used as it is.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch.func import grad, vjp, vmap
+from torch.utils._pytree import tree_map
+
+from . import rng
+from .compressors import Compressor, Sign, make_compressor, multi_step
+from .compressors.multistep import MultiStep
+from .oracles import Oracles
+from .problems.base import Problem
+
+Tensor = torch.Tensor
+
+POWER_STEPS = 20  # power iterations per estimate
+C_Y = 1.0  # beta0 = gamma0 = C_Y / L_g
+C_X = 0.5  # alpha0 = C_X / L_Phi
+C_OMEGA = 1.0  # unbiased compressors: steps / (1 + C_OMEGA omega / n)
+C_LOCAL = 1.0  # local steps: tau * beta * L_g,max <= C_LOCAL
+C_AVERAGE = 2.0  # moving average theta < 1: alpha x min(1, C_AVERAGE theta)
+_KEY = 0xDEFA  # random stream of the estimation (batches, start vectors)
+
+
+def derived(rule: str) -> dict[str, str]:
+    """``json_schema_extra`` of a hyper-parameter whose default is derived by this module."""
+    return {"derived": rule}
+
+
+def round_sig(v: float, digits: int = 4) -> float:
+    return float(f"{v:.{digits - 1}e}")
+
+
+# ----- 1. problem constants -----
+def estimate_constants(problem: Problem, seed: int, steps: int = POWER_STEPS) -> dict[str, Any]:
+    """L_g, mu_g (mean over workers) and L_g,max (largest single worker) at (x0, y0) from ``steps``
+    products H_yy v on one g-batch per worker drawn from ``seed``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # one op order: every process derives the same numbers
+    try:
+        try:
+            return _estimate(problem, seed, steps, torch.float64)
+        except (RuntimeError, TypeError):  # losses hold data of the problem's dtype only
+            return _estimate(problem, seed, steps, problem.dtype)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _hvp_yy(loss: Callable, x: Tensor, y: Tensor, V: Tensor, batch: Any) -> Tensor:
+    """Rows H_yy,i V_i (a vjp of grad_y in y only: no d_x-sized product H_xy v)."""
+    def one(v, b):
+        return vjp(lambda y_: grad(loss, argnums=1)(x, y_, b), y)[1](v)[0]
+    return vmap(one)(V, batch)
+
+
+def _estimate(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Lanczos (full re-orthogonalisation) on the workers' mean H_yy for L_g and mu_g, and, in the
+    same oracle call per step, power iteration on every worker's own H_yy,i for L_g,max."""
+    n, d = problem.n_workers, problem.d_y
+    x0, y0 = (t.to(dtype) for t in problem.init(seed))
+    batch = problem.sample("g", torch.arange(n), rng.key(seed, _KEY))
+    twice = tree_map(lambda t: torch.cat([t, t]), batch)  # rows 0..n-1: own vectors, n..2n-1: mean's
+    q = rng.normal(rng.key(seed, _KEY, 1), (d,), dtype)
+    q = q / q.norm()
+    V = q.expand(n, d).clone()
+    Q, alphas, betas, prev, b = [], [], [], torch.zeros_like(q), 0.0
+    lanczos = True  # until d steps or a breakdown (then only the workers' power iteration goes on)
+    for _ in range(steps):
+        H = (_hvp_yy(problem.g, x0, y0, torch.cat([V, q.expand(n, d)]), twice) if lanczos
+             else _hvp_yy(problem.g, x0, y0, V, batch))
+        own = H[:n]
+        rayleigh = (V * own).sum(-1).double()
+        V = own / own.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        if not lanczos:
+            continue
+        w = H[n:].mean(0)
+        a = float(q @ w)
+        Q.append(q)
+        alphas.append(a)
+        w = w - a * q - b * prev
+        for u in Q:  # full re-orthogonalisation
+            w = w - (u @ w) * u
+        b = float(w.norm())
+        lanczos = len(alphas) < d and b > 1e-10 * max(abs(a), 1e-300)
+        if lanczos:
+            betas.append(b)
+            prev, q = q, w / b
+    m = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
+        T = T + torch.diag(off, 1) + torch.diag(off, -1)
+    ritz = torch.linalg.eigvalsh(T)
+    name = "float64" if dtype == torch.float64 else str(dtype).removeprefix("torch.")
+    return {"L_g": float(ritz[-1]), "mu_g": max(float(ritz[0]), 0.0), "L_g_max": float(rayleigh.max()),
+            "source": f"{m} Lanczos and {steps} power-iteration steps of H_yy v at (x0, y0), {name}"}
+
+
+def problem_constants(problem: Problem, seed: int) -> dict[str, Any]:
+    """The task's own constants (``Problem.constants()``), else the estimates at (x0, y0)."""
+    known = problem.constants()
+    if known is not None:
+        return {**known, "source": known.get("source", "closed form")}
+    return estimate_constants(problem, seed)
+
+
+def start_directions(problem: Problem, seed: int) -> dict[str, Tensor]:
+    """The workers' SOBA directions at (x0, y0) on one batch pair drawn from ``seed``, rows [n, d]:
+    D_y = grad_y g_i, D_v = -grad_y f_i at v = 0, and D_x = grad_x f_i - H_xy,i v at v = mean_i
+    grad_y f_i (at v = 0 D_x may vanish: hyper-cleaning's f does not depend on x)."""
+    o, workers = Oracles(problem), torch.arange(problem.n_workers)
+    x0, y0 = problem.init(seed)
+    bf = problem.sample("f", workers, rng.key(seed, _KEY, 2))
+    bg = problem.sample("g", workers, rng.key(seed, _KEY, 3))
+    gx, gy = o.grad_f(x0, y0, bf)
+    d_y, hxy_v, _ = o.grad_y_hvp_g(x0, y0, gy.mean(0), bg)
+    return {"x": gx - hxy_v, "y": d_y, "v": -gy}
+
+
+def sign_contraction(rows: Tensor) -> float:
+    """The smallest ||u||_1^2 / (d ||u||^2) over non-zero rows: scaled sign's contraction on them
+    (its worst case 1/d holds for 1-sparse vectors only); 1/d if every row is zero."""
+    rows = rows.double()
+    sq = (rows * rows).sum(-1)
+    keep = sq > 0
+    if not bool(keep.any()):
+        return 1.0 / rows.shape[-1]
+    return float((rows.abs().sum(-1)[keep] ** 2 / (rows.shape[-1] * sq[keep])).min())
+
+
+# ----- 2./3. compressor factors -----
+def contraction(c: Compressor, d: int, measured: float | None = None) -> float:
+    """delta of a contractive compressor (scaled sign: ``measured``, when given), or of C/(1+omega)
+    for an unbiased one; multi-step: 1 - (1 - delta)^R."""
+    if isinstance(c, MultiStep):
+        return 1.0 - (1.0 - contraction(c.inner, d, measured)) ** c.steps
+    if c.kind == "exact":
+        return 1.0
+    if isinstance(c, Sign) and measured is not None:
+        return max(measured, c.delta(d))
+    return c.delta(d)
+
+
+def ef21_factor(delta: float) -> float:
+    """EF21's step 1 / (L + L sqrt(b / t)), t = 1 - sqrt(1 - delta), b = (1 - delta) / t, times L."""
+    if delta >= 1.0:
+        return 1.0
+    t = 1.0 - math.sqrt(1.0 - delta)
+    return 1.0 / (1.0 + math.sqrt((1.0 - delta) / t / t))
+
+
+def compressor_factor(c: Compressor, d: int, n: int, measured: float | None = None) -> float:
+    """How much a compressor shrinks a step on a d-dimensional variable averaged over n workers."""
+    if c.kind == "exact":
+        return 1.0
+    if c.kind == "unbiased":
+        return 1.0 / (1.0 + C_OMEGA * c.omega(d) / n)
+    # the geometric mean of EF21's worst-case step and the uncompressed one: EF21's own factor is
+    # stable but measured 7x slower to 1e-2 on the quadratic (top-K 10%: 0.051; 1 is stable there)
+    return math.sqrt(ef21_factor(contraction(c, d, measured)))
+
+
+def uses_sign(c: Compressor) -> bool:
+    return isinstance(c.inner if isinstance(c, MultiStep) else c, Sign)
+
+
+# ----- the rules -----
+class Derivation:
+    """Inputs of every rule: constants, compressor, dimensions, the task's base overrides."""
+
+    def __init__(self, problem: Problem, compressor: Compressor, constants: dict[str, Any],
+                 base: dict[str, Any], n: int):
+        self.p, self.c, self.k, self.base, self.n = problem, compressor, constants, base, n  # n: senders
+        L = constants["L_g"]
+        self.L, self.L_max = L, constants.get("L_g_max", L)
+        # x on a slower time scale than y; L_g stands for L_Phi where that is unknown (a kappa-based
+        # ratio stalls x: 0.5 mu_g / L_g^2 = 3e-5 on hyperrep, where 0.1 is measured to work)
+        self.alpha0 = C_X / (constants.get("L_phi") or L)
+        self.beta0 = C_Y / L
+        self.sign_delta: dict[int, float] = {}  # d -> scaled sign's contraction on the start directions
+
+    def base_step(self, name: str) -> float:
+        if name in self.base:
+            return float(self.base[name])
+        return self.alpha0 if name == "alpha" else self.beta0
+
+    def measure_sign(self, seed: int) -> None:
+        D = start_directions(self.p, seed)
+        self.sign_delta = {self.p.d_x: sign_contraction(D["x"]),
+                           self.p.d_y: min(sign_contraction(D["y"]), sign_contraction(D["v"]))}
+        if self.p.d_x == self.p.d_y:
+            self.sign_delta[self.p.d_x] = min(sign_contraction(D[k]) for k in D)
+
+    def factor(self, c: Compressor, d: int) -> float:
+        return compressor_factor(c, d, self.n, self.sign_delta.get(d))
+
+
+def _single_loop(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
+    """SOBA family: base steps scaled by the compressor on each variable's dimension; a moving
+    average (theta < 1) delays x's feedback by ~1/theta rounds, so alpha also shrinks by
+    min(1, C_AVERAGE theta) (the deterministic iteration is unstable without it: docs/defaults.md)."""
+    fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
+    fx *= min(1.0, C_AVERAGE * getattr(hp, "theta", 1.0))
+    out = {"alpha": dv.base_step("alpha") * fx, "beta": dv.base_step("beta") * fy,
+           "gamma": dv.base_step("gamma") * fy}
+    if "rho" in type(hp).model_fields:  # one number for all variables: the smallest
+        out["rho"] = min(shift_step(compressor, d) for d in (dv.p.d_x, dv.p.d_y))
+    return out
+
+
+def shift_step(c: Compressor, d: int) -> float:
+    """EF shift step: 1 for an exact or contractive C (EF21), 1/(1+omega) for an unbiased C (DIANA)."""
+    return 1.0 / (1.0 + c.omega(d)) if c.kind == "unbiased" else 1.0
+
+
+def _msc(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
+    return _single_loop(dv, hp, multi_step(compressor, hp.msc_steps))
+
+
+def _pruned(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
+    """RABO / RAFBO: clients step on their own g_i, T times per round: beta L_g,max T <= C_LOCAL."""
+    T = getattr(hp, "local_steps", 1)
+    cap = C_LOCAL / (T * dv.L_max)
+    return {"alpha": dv.base_step("alpha") / T, "beta": min(dv.base_step("beta"), cap),
+            "gamma": min(dv.base_step("gamma"), cap)}
+
+
+def hypergradient_messages(hp: Any) -> int:
+    """Compressed messages a federated hypergradient passes through: FedNest b, N Neumann products
+    and h; AggITD v^N, N - 1 backward rounds and h; LFedNest h."""
+    fields = type(hp).model_fields
+    if "inner" in fields:
+        return hp.neumann_terms + 2
+    return 1 if "neumann_terms" in fields else hp.inner_rounds + 1
+
+
+def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
+    """AggITD / FedNest / LFedNest: local steps capped by drift, every message compressed; each
+    compressed message on the hypergradient's way adds its variance omega / n, so alpha shrinks
+    with all of them (an unbiased C; a contractive one: EF21's factor, once)."""
+    fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
+    if compressor.kind == "unbiased":
+        m = hypergradient_messages(hp)
+        fx = 1.0 / (1.0 + C_OMEGA * m * max(compressor.omega(dv.p.d_x), compressor.omega(dv.p.d_y)) / dv.n)
+    out = {"alpha": dv.base_step("alpha") * fx,
+           "beta": min(dv.base_step("beta"), C_LOCAL / (hp.local_steps * dv.L_max)) * fy}
+    if "eta" in type(hp).model_fields:  # Neumann step: global products (FedNest) or the client's own
+        L = dv.L_max if "inner" not in type(hp).model_fields else dv.L
+        out["eta"] = dv.base.get("eta", 1.0 / L) * fy
+    return out
+
+
+RULES: dict[str, Callable[[Derivation, Any, Compressor], dict[str, float]]] = {
+    "soba": _single_loop, "c-soba": _single_loop, "cm-soba": _single_loop, "ef-soba": _single_loop,
+    "cm-soba-msc": _msc, "ef-soba-msc": _msc, "rabo": _pruned, "rafbo": _pruned,
+    "aggitd": _federated, "fednest": _federated, "lfednest": _federated,
+}
+
+
+def derived_fields(params: type) -> list[str]:
+    return [k for k, f in params.model_fields.items()
+            if isinstance(f.json_schema_extra, dict) and "derived" in f.json_schema_extra]
+
+
+def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, seed: int,
+                  base: dict[str, Any], fraction: float = 1.0) -> tuple[Any, dict[str, Any] | None]:
+    """Fill the derived hyper-parameters left unset (None) in ``hp``; (new hp, the inputs for
+    config.json's "derived" dict, or None if nothing was derived)."""
+    todo = [k for k in derived_fields(type(hp)) if getattr(hp, k) is None]
+    if not todo:
+        return hp, None
+    c = make_compressor(compressor)
+    consts = problem_constants(problem, seed)
+    dv = Derivation(problem, c, consts, base, max(1, round(fraction * problem.n_workers)))
+    if uses_sign(c):
+        dv.measure_sign(seed)
+    values = {k: round_sig(v) for k, v in RULES[algorithm](dv, hp, c).items() if k in todo}
+    info = {**{k: (round_sig(v) if isinstance(v, float) else v) for k, v in consts.items()},
+            "n": dv.n, "compressor": compressor, "d_x": problem.d_x, "d_y": problem.d_y,
+            **_compressor_inputs(c, dv), "task_base": dict(base), "derived": sorted(values)}
+    return hp.model_copy(update=values), info
+
+
+def _compressor_inputs(c: Compressor, dv: Derivation) -> dict[str, Any]:
+    dims = {"x": dv.p.d_x, "y": dv.p.d_y}
+    if c.kind == "unbiased":
+        return {"omega": {k: round_sig(c.omega(d)) for k, d in dims.items()}}
+    if c.kind == "contractive":
+        return {"delta": {k: round_sig(contraction(c, d, dv.sign_delta.get(d))) for k, d in dims.items()},
+                **({"delta_source": "measured on the start directions"} if dv.sign_delta else {})}
+    return {}

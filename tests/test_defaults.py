@@ -1,0 +1,150 @@
+"""Derived defaults (distbo/defaults.py): constants, compressor factors, config.json, user values win."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import distbo
+from distbo.compressors import make_compressor, multi_step
+from distbo.defaults import (compressor_factor, contraction, ef21_factor, estimate_constants, resolve_hyper,
+                             sign_contraction)
+from distbo.problems.registry import make
+from distbo.runner import resolve
+from helpers import SoftplusProblem
+
+
+def test_estimate_matches_the_quadratic_closed_form():
+    p = make("quadratic", workers=8, dtype=torch.float64)
+    exact, est = p.constants(), estimate_constants(p, seed=0)
+    assert exact["source"] == "closed form" and "20 Lanczos" in est["source"] and "float64" in est["source"]
+    for k in ("L_g", "mu_g", "L_g_max"):
+        assert est[k] == pytest.approx(exact[k], rel=1e-2), k
+
+
+def test_estimate_on_a_user_problem_matches_autograd_hessians():
+    p = SoftplusProblem(workers=3, d_y=4)
+    est = estimate_constants(p, seed=1)
+    x0, y0 = p.init(1)
+    from distbo import rng
+    from distbo.defaults import _KEY
+    batch = p.sample("g", torch.arange(3), rng.key(1, _KEY))
+    H = [torch.autograd.functional.hessian(lambda y: p.g(x0, y, {k: v[i] for k, v in batch.items()}), y0)
+         for i in range(3)]
+    mean = torch.linalg.eigvalsh(sum(H) / 3)
+    assert est["L_g"] == pytest.approx(float(mean[-1]), rel=1e-6)
+    assert est["mu_g"] == pytest.approx(float(mean[0]), rel=1e-6)
+    assert est["L_g_max"] == pytest.approx(max(float(torch.linalg.eigvalsh(h)[-1]) for h in H), rel=1e-3)
+
+
+def test_compressor_factors_follow_diana_and_ef21():
+    n, d = 8, 20
+    assert compressor_factor(make_compressor("identity"), d, n) == 1.0
+    randk = make_compressor("randk:0.1")  # omega = 9
+    assert compressor_factor(randk, d, n) == pytest.approx(1 / (1 + 9 / 8))
+    topk = make_compressor("topk:0.1")  # delta = 0.1: about delta / 2
+    t = 1 - math.sqrt(0.9)
+    assert compressor_factor(topk, d, n) == pytest.approx((1 / (1 + math.sqrt(0.9 / t / t))) ** 0.5)
+    assert 0.04 < ef21_factor(0.1) < 0.06 and ef21_factor(1.0) == 1.0
+    # multi-step: delta_R = 1 - (1 - delta)^R; rand-K's contractive form has delta = 1/(1+omega)
+    assert contraction(multi_step(topk, 3), d) == pytest.approx(1 - 0.9**3)
+    assert contraction(multi_step(randk, 2), d) == pytest.approx(1 - 0.9**2)
+    # scaled sign: ||u||_1^2 / (d ||u||^2) on the given rows (1 for a flat row, 1/d for a 1-sparse one)
+    rows = torch.tensor([[1.0, -1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    assert sign_contraction(rows) == pytest.approx(0.5)
+    assert sign_contraction(torch.zeros(2, 4)) == 0.25
+
+
+def test_derived_values_are_recorded_and_a_user_value_wins(tmp_path):
+    res = distbo.run("quadratic", "ef-soba", compressor="topk:0.1", rounds=2, out=tmp_path / "a")
+    conf = json.loads((tmp_path / "a" / "config.json").read_text())
+    alg, der = conf["algorithm"], conf["derived"]
+    assert der["source"] == "closed form" and der["delta"] == {"x": 0.1, "y": 0.1}
+    assert set(der["derived"]) == {"alpha", "beta", "gamma", "rho"} and alg["rho"] == 1.0
+    f = ef21_factor(0.1) ** 0.5
+    assert alg["beta"] == pytest.approx(f / der["L_g"], rel=1e-3) == alg["gamma"]
+    assert alg["alpha"] == pytest.approx(0.5 * f / der["L_phi"], rel=1e-3)
+    assert res.config["algorithm"] == alg
+    distbo.run("quadratic", {"name": "ef-soba", "beta": 0.05}, compressor="topk:0.1", rounds=2, out=tmp_path / "b")
+    conf = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert conf["algorithm"]["beta"] == 0.05 and conf["algorithm"]["alpha"] == alg["alpha"]
+    assert "beta" not in conf["derived"]["derived"]
+    # all set: nothing derived, no "derived" dict
+    hp = {"name": "soba", "alpha": 0.1, "beta": 0.2, "gamma": 0.3}
+    distbo.run("quadratic", hp, rounds=1, out=tmp_path / "c")
+    conf = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert "derived" not in conf and conf["algorithm"]["gamma"] == 0.3
+
+
+def test_user_problem_gets_estimated_defaults():
+    p = SoftplusProblem(workers=4)
+    res, _ = resolve({"algorithm": {"name": "fednest"}, "workers": 4, "compressor": "randk:0.5",
+                      "dtype": "float64"}, p)
+    der = res.derived
+    assert "Lanczos" in der["source"] and der["omega"] == {"x": 1.0, "y": 1.0}
+    hp = res.algorithm
+    assert hp.beta == pytest.approx(min(1 / der["L_g"], 1 / (hp.local_steps * der["L_g_max"])) / (1 + 1 / 4),
+                                    rel=1e-3)
+    assert hp.eta == pytest.approx(1 / der["L_g"] / (1 + 1 / 4), rel=1e-3)
+
+
+def test_resolution_is_deterministic():
+    p = make("hyperclean", workers=4, max_samples=400)
+    a = resolve_hyper("ef-soba", _hp("ef-soba"), p, "sign", 3, {})
+    b = resolve_hyper("ef-soba", _hp("ef-soba"), p, "sign", 3, {})
+    assert a == b and a[1]["delta_source"] == "measured on the start directions"
+
+
+def _hp(name):
+    from distbo.algorithms import ALGORITHMS
+    return ALGORITHMS.get(name).params()
+
+
+# pairs that diverged or ended above their start with the old hand-set defaults (issue 12)
+@pytest.mark.parametrize("alg, comp, rounds, target", [
+    ("ef-soba", "topk:0.1", 600, 1e-2),
+    ("ef-soba-msc", "randk:0.1", 600, 1e-2),
+    ("rafbo", "identity", 300, 1e-2),
+    ("c-soba", "randk:0.1", 400, 1.0),
+    ("fednest", "randk:0.1", 40, 1.0),
+    ("aggitd", "randk:0.1", 40, 1.0),
+])
+def test_previously_diverging_pairs_now_improve(alg, comp, rounds, target):
+    res = distbo.run("quadratic", alg, compressor=comp, rounds=rounds, eval_every=rounds, dtype="float64")
+    start, end = res.metrics[0]["hypergrad_norm"], res.metrics[-1]["hypergrad_norm"]
+    assert end < target * start, (start, end)
+
+
+def _iteration_matrix(q, alpha, beta, gamma, theta):
+    """The deterministic (uncompressed) CM-SOBA step on the quadratic as a linear map of (x, y, v, h):
+    D_x = S x + R'y - B'v, D_y = B x + A y, D_v = A v - R x - P y (worker means, constants dropped)."""
+    m, dx, dy = q.mean64, q.d_x, q.d_y
+    Z, eye = (lambda r, c: torch.zeros(r, c, dtype=torch.float64)), (lambda k: torch.eye(k, dtype=torch.float64))
+    Dx = torch.cat([m["S"], m["R"].T, -m["B"].T, Z(dx, dx)], 1)
+    Dy = torch.cat([m["B"], m["A"], Z(dy, dy), Z(dy, dx)], 1)
+    Dv = torch.cat([-m["R"], -m["P"], m["A"], Z(dy, dx)], 1)
+    h = torch.cat([Z(dx, dx + 2 * dy), (1 - theta) * eye(dx)], 1) + theta * Dx
+    x = torch.cat([eye(dx), Z(dx, 2 * dy + dx)], 1) - alpha * h
+    y = torch.cat([Z(dy, dx), eye(dy), Z(dy, dy + dx)], 1) - beta * Dy
+    v = torch.cat([Z(dy, dx + dy), eye(dy), Z(dy, dx)], 1) - gamma * Dv
+    return torch.cat([x, y, v, h])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_derived_steps_make_the_deterministic_iteration_contract(seed):
+    """Spectral radius < 1 at the derived steps for the moving average (cm-soba, theta = 0.1) and
+    without it (soba); the former hand-set steps (0.1, 0.3, 0.3) with theta = 0.1 are unstable on
+    seed 5 (the cm-soba blow-up of issue 12, with or without compression)."""
+    from distbo.problems.quadratic import Quadratic
+    for h in (0.0, 1.0, 2.0):
+        q = Quadratic(workers=8, heterogeneity=h, seed=seed, dtype=torch.float64)
+        for alg in ("soba", "cm-soba"):
+            res, _ = resolve({"algorithm": alg, "workers": 8, "seed": seed, "dtype": "float64"}, q)
+            hp = res.algorithm
+            M = _iteration_matrix(q, hp.alpha, hp.beta, hp.gamma, getattr(hp, "theta", 1.0))
+            assert torch.linalg.eigvals(M).abs().max() < 1, (alg, h)
+    if seed == 5:
+        q = Quadratic(workers=8, heterogeneity=0.0, seed=5, dtype=torch.float64)
+        assert torch.linalg.eigvals(_iteration_matrix(q, 0.1, 0.3, 0.3, 0.1)).abs().max() > 1
