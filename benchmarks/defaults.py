@@ -40,7 +40,7 @@ ALGORITHMS = ["soba", "c-soba", "cm-soba", "ef-soba", "cm-soba-msc", "ef-soba-ms
               "aggitd", "fednest", "lfednest"]
 FEDERATED = {"aggitd", "fednest", "lfednest"}
 TASKS = {
-    "quadratic": {"metric": "hypergrad_norm", "rounds": 1000, "fed_rounds": 50, "eval_every": 10},
+    "quadratic": {"metric": "hypergrad_norm", "rounds": 500, "fed_rounds": 50, "eval_every": 10},
     "hyperclean": {"metric": "test_acc", "rounds": 40, "fed_rounds": 4, "eval_every": 10},
     "hyperrep": {"metric": "test_acc", "rounds": 40, "fed_rounds": 4, "eval_every": 10},
 }

@@ -226,3 +226,32 @@ def test_claim3_tail_statistic_is_the_mean_over_the_second_half():
     series = [(t, math.sqrt(t)) for t in range(1, 11)]  # squared values 1..10
     assert pruning.summarise(series, 10, "tail") == pytest.approx((6 + 7 + 8 + 9 + 10) / 5)
     assert pruning.summarise(series, 4, "min") == 1.0
+
+
+TINY = """
+description = "two tiny SOBA runs"
+[plot]
+x = "round"
+[[grids]]
+config = "tiny.toml"
+[grids.axes]
+alpha = ["algorithm.alpha=0.05", "algorithm.alpha=0.2"]
+"""
+
+
+def test_no_run_draws_from_the_finished_runs_only(tmp_path, monkeypatch, capsys):
+    (tmp_path / "configs" / "suites").mkdir(parents=True)
+    (tmp_path / "tiny.toml").write_text('rounds = 8\neval_every = 4\nworkers = 2\n[task]\nname = "quadratic"\n'
+                                        'd_x = 2\nd_y = 3\n[algorithm]\nname = "soba"\n')
+    (tmp_path / "configs" / "suites" / "tiny.toml").write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert main(["reproduce", "tiny", "--no-run", "--out", str(out)]) == 2  # nothing finished yet
+    assert "--no-run" in capsys.readouterr().err
+    assert main(["reproduce", "tiny", "--quiet", "--out", str(out)]) == 0
+    (out / "alpha-0.2" / "summary.json").unlink()  # as if it had been killed
+    before = (out / "alpha-0.05" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(["reproduce", "tiny", "--no-run", "--out", str(out)]) == 0
+    assert "1 of 2 runs finished; left out: alpha=0.2" in (out / "report.md").read_text()
+    assert "| alpha=0.05 |" in (out / "table.md").read_text() and "alpha=0.2 |" not in (out / "table.md").read_text()
+    assert (out / "alpha-0.05" / "metrics.jsonl").stat().st_mtime_ns == before

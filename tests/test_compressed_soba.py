@@ -58,7 +58,8 @@ def test_moving_average_follows_its_recursion():
     """CM-SOBA (identity, theta = 0.4, averaging y and v too) against a hand-written loop
     (the noiseless quadratic's batches do not depend on the round)."""
     theta, rounds, p = 0.4, 8, quad()
-    r = distbo.run(p, {"name": "cm-soba", "theta": theta, "average_yv": True}, rounds=rounds, eval_every=rounds)
+    r = distbo.run(p, {"name": "cm-soba", "theta": theta, "average_yv": True, **scaled(1.0)}, rounds=rounds,
+                   eval_every=rounds)
     workers, oracles = torch.arange(N), Oracles(p)
     bf, bg = p.sample("f", workers, torch.tensor(0)), p.sample("g", workers, torch.tensor(0))
     x, y = p.init(0)

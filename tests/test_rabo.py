@@ -50,16 +50,17 @@ def test_full_resources_equal_soba_trajectory(name, products, tol):
     """All resources 1, one local step: RABO's round is SOBA's (finite differences are exact on a
     quadratic up to round-off)."""
     common = dict(task={"name": "quadratic", "d_x": 4, "d_y": 6, "noise": 0.3}, workers=5, dtype="float64", seed=2)
-    algo = {"name": name, "products": products, **({"local_steps": 1} if name == "rafbo" else {})}
+    steps = {"alpha": 0.1, "beta": 0.3, "gamma": 0.3}  # the same steps for both (defaults may be derived)
+    algo = {"name": name, "products": products, **steps, **({"local_steps": 1} if name == "rafbo" else {})}
     rabo, rcomm, _ = _algorithm(algorithm=algo, **common)
-    soba, scomm, _ = _algorithm(algorithm="soba", **common)
+    soba, scomm, _ = _algorithm(algorithm={"name": "soba", **steps}, **common)
     a, b = rabo.init(), soba.init()
     for t in range(12):
         a, b = rabo.step(a, t), soba.step(b, t)
         for k in ("x", "y", "v"):
             torch.testing.assert_close(getattr(a, k), getattr(b, k), rtol=tol, atol=tol)
     assert rcomm.stats == scomm.stats  # same bits up and down, same rounds
-    assert rabo.metrics(a) == {"C_x": 5, "C_y": 5}
+    assert {k: rabo.metrics(a)[k] for k in ("C_x", "C_y")} == {"C_x": 5, "C_y": 5}
 
 
 def test_coverage_average_is_exact_on_hand_made_masks():
@@ -244,7 +245,8 @@ MIXED = ["clients.resources=[1, 0.5, 0.25, 0.125]", 'clients.policy="rolling"']
 def test_topk_with_error_feedback_converges_as_plain_rabo():
     """Identical workers, coordinate masks: top-K 30% of each client's kept coordinates with
     per-client shifts follows plain RABO to the same accuracy for a third of the up-link bits."""
-    runs = {c: distbo.run(QUAD_SAME, "rabo", workers=4, rounds=100, eval_every=100, dtype="float64",
+    steps = {"name": "rabo", "alpha": 0.1, "beta": 0.3, "gamma": 0.3}  # the same for both (not derived)
+    runs = {c: distbo.run(QUAD_SAME, steps, workers=4, rounds=100, eval_every=100, dtype="float64",
                           compressor=c, overrides=MIXED) for c in ("identity", "topk:0.3")}
     (p0, p1), (c0, c1) = ((r.metrics[0], r.metrics[-1]) for r in runs.values())
     assert p1["hypergrad_norm"] < 1e-3 * p0["hypergrad_norm"]

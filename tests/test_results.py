@@ -55,9 +55,11 @@ def test_plot_labels_by_algorithm_and_compressor(runs, tmp_path):
     other = tmp_path / "csoba"
     distbo.run(TASK, algorithm="c-soba", compressor="randk:0.5", workers=2, rounds=10, eval_every=5, out=other)
     fig = plot_runs([runs[0], str(other)], "bits_up", "upper_loss")
-    # every key that differs between the two runs is named, top-level keys first
+    # every key that differs between the two runs is named, top-level keys first (the derived steps too)
+    alg = [json.loads((Path(p) / "config.json").read_text())["algorithm"] for p in (runs[0], other)]
+    steps = [", ".join(f"{k}={a[k]}" for k in ("alpha", "beta", "gamma")) for a in alg]
     assert [line.get_label() for line in fig.axes[0].get_lines()] == [
-        "soba, identity, dtype=float64, rounds=30, alpha=0.05", "c-soba, randk:0.5, dtype=float32, rounds=10, alpha=0.1"]
+        f"soba, identity, dtype=float64, rounds=30, {steps[0]}", f"c-soba, randk:0.5, dtype=float32, rounds=10, {steps[1]}"]
 
 
 def test_auto_scales():

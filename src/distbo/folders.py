@@ -21,7 +21,7 @@ from .safeio import remove
 #: the only configuration fields that may differ between a checkpoint and the run resuming it
 RESUMABLE = ("rounds", "eval_every", "until", "timeout", "threads")
 #: not part of the fingerprint: facts about the task, and the process count (checked on its own)
-NOT_HASHED = ("task_info", "procs")
+NOT_HASHED = ("task_info", "procs", "derived")  # derived: a record; its values are in "algorithm"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
 SHARDS = "checkpoint-rank*.pt"
 

@@ -110,6 +110,8 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true",
                    help="a scaled-down version for a first look (default output: runs/NAME-quick)")
+    p.add_argument("--no-run", action="store_true", dest="no_run",
+                   help="run nothing: draw the figures and tables from the runs already finished in the output folder")
 
 
 @command("reproduce", "run a named suite of runs and draw its figure and table", _reproduce_args)
@@ -129,5 +131,5 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         from .folders import check_out
 
         check_out(a.out)  # before the suite's imports and runs
-    suites.reproduce(a.name, a.out, progress=not a.quiet, quick=a.quick)
+    suites.reproduce(a.name, a.out, progress=not a.quiet, quick=a.quick, run=not a.no_run)
     return 0

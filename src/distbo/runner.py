@@ -189,6 +189,8 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
     rows: list[dict[str, Any]] = []
     train_s, start = 0.0, 0
     config = {**res.as_dict(), "task_info": problem.describe()}
+    if resume and out is not None:  # the derived values are explicit now: keep how they were derived
+        config = {**config, **_derived_record(out)}
     ck = checkpoint.load(out, comm.rank, state, comm.world_size, config) if resume and out is not None else None
     if resume:
         checkpoint.check_same_round(ck.round if ck is not None else -1, comm)
@@ -257,6 +259,15 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
     if run.until is not None:
         extra["target"] = stopping.target_info(run.until, rows)
     return Result(rows, x, y, state, config, files.dir, status, extra)
+
+
+def _derived_record(out: Path) -> dict[str, Any]:
+    """The ``derived`` entry of the run's config.json (what its defaults were derived from), if any."""
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"derived": old["derived"]} if isinstance(old, dict) and "derived" in old else {}
 
 
 def _kept(out: Path | None, saved: int | None) -> str:

@@ -217,34 +217,59 @@ def _state(folder: Path, res: Any) -> str:
 
 
 def reproduce(name: str, out: str | Path | None = None, progress: bool = True, log=print,
-              quick: bool = False) -> Path:
+              quick: bool = False, run: bool = True) -> Path:
     """Run suite ``name`` into ``out`` (default runs/NAME, runs/NAME-quick with ``quick``); write its
-    figure(s), table(s) and report.md, and log how long it took."""
+    figure(s), table(s) and report.md, and log how long it took. ``run=False``: run nothing, draw
+    them from the runs already finished there (the others are left out and named in the report)."""
     suite, root = find(name)
     out = check_out(Path(out) if out is not None else Path("runs") / (f"{name}-quick" if quick else name))
     tic = time.perf_counter()
     if suite.include:
         for sub in suite.include:
             find(sub)  # every name is checked before anything runs
-        parts = [reproduce(sub, out / sub, progress, log, quick) for sub in suite.include]
+        parts = [reproduce(sub, out / sub, progress, log, quick, run) for sub in suite.include]
         text = "\n".join(re.sub(r"\]\((?!http)([^)]+\.png)\)", rf"]({p.name}/\1)", (p / "report.md").read_text())
                           for p in parts)
-        (out / "report.md").write_text(f"# {suite.description}\n\n{_stamp(name, quick)}\n\n{text}")
+        (out / "report.md").write_text(f"# {suite.description}\n\n{_stamp(name, quick, run)}\n\n{text}")
         for p in parts:
             verdicts = p / "verdicts.txt"
             if verdicts.is_file():
                 log(verdicts.read_text().rstrip())
     else:
-        runs = prepare(suite, root, quick)
-        dirs = _run_all(runs, out, progress, log)
-        _report(suite, name, [r for r, *_ in runs], dirs, out, log, quick)
+        if run:
+            runs = prepare(suite, root, quick)
+            dirs, missing = _run_all(runs, out, progress, log), []
+            runs = [r for r, *_ in runs]
+        else:
+            runs, dirs, missing = _finished(expand(suite, quick), out, log)
+            if not runs:
+                raise ConfigError("--no-run", f"no finished run of suite '{name}' in {out}; run it first")
+        _report(suite, name, runs, dirs, out, log, quick, missing, run)
     log(f"suite {name}{' (quick)' if quick else ''}: {time.perf_counter() - tic:.1f} s -> {out / 'report.md'}")
     return out
 
 
-def _stamp(name: str, quick: bool) -> str:
+def _stamp(name: str, quick: bool, run: bool = True) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"`distbo reproduce {name}{' --quick' if quick else ''}`, {when}"
+    return f"`distbo reproduce {name}{' --quick' if quick else ''}{'' if run else ' --no-run'}`, {when}"
+
+
+def _finished(runs: list[SuiteRun], out: Path, log) -> tuple[list[SuiteRun], list, list[str]]:
+    """The runs whose folder holds a finished (completed or diverged) run, loaded; the labels of
+    the others."""
+    from . import rundirs
+
+    kept, dirs, missing = [], [], []
+    for r in runs:
+        folder = out / slug(r.label)
+        d = rundirs.load(folder) if (folder / "config.json").is_file() else None
+        if d is None or d.status not in ("completed", "diverged"):
+            missing.append(r.label)
+            log(f"{r.label}: not finished, left out -> {folder}")
+            continue
+        kept.append(r)
+        dirs.append(d)
+    return kept, dirs, missing
 
 
 def _run_all(runs: list, out: Path, progress: bool, log) -> list:
@@ -276,11 +301,14 @@ def _run_all(runs: list, out: Path, progress: bool, log) -> list:
     return [rundirs.load(out / slug(r.label)) for r, *_ in runs]
 
 
-def _report(suite: Suite, name: str, runs: list[SuiteRun], dirs: list, out: Path, log, quick: bool) -> None:
+def _report(suite: Suite, name: str, runs: list[SuiteRun], dirs: list, out: Path, log, quick: bool,
+            missing: list[str] = (), run: bool = True) -> None:
     """The suite's figure(s), table(s), verdicts and report.md: its analysis's, or the generic ones."""
     from . import plotting, rundirs, tables
 
-    head = f"## {suite.description}\n\n{_stamp(name, quick)}\n"
+    head = f"## {suite.description}\n\n{_stamp(name, quick, run)}\n"
+    if missing:
+        head += f"\n{len(runs)} of {len(runs) + len(missing)} runs finished; left out: {', '.join(missing)}\n"
     if suite.analysis is not None:
         from . import claims
 
