@@ -1,7 +1,5 @@
 """Frictions of a user-defined Problem (problems/checks.py): one line before round 0, or applied."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,6 +7,7 @@ import torch
 from helpers import SoftplusProblem
 
 import distbo
+from distbo.cli import main
 from distbo.errors import ConfigError
 
 
@@ -65,7 +64,8 @@ def test_dtype_mismatch_is_one_line_naming_dtype():
         distbo.run(Float64Data(), rounds=1)
 
 
-def test_distbo_list_states_the_value_width():
-    out = subprocess.run([sys.executable, "-m", "distbo", "list"], capture_output=True, text=True, check=True).stdout
+def test_distbo_list_states_the_value_width(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
     comp = out[out.index("compressors:"):].splitlines()[1:]
     assert comp and all("32 bits per value in float32, 64 in float64" in line for line in comp if line.strip())

@@ -35,7 +35,8 @@ def test_chunked_oracles_equal_unchunked(rep, cls, per_worker_point):
 
 
 @pytest.mark.parametrize("algorithm,extra", [("ef-soba", {"compressor": "topk:0.3"}), ("soba", {}),
-                                             ("rabo", {"clients": {"resources": [1, 0.5]}}), ("aggitd", {})])
+                                             ("rabo", {"clients": {"resources": [1, 0.5]}}),
+                                             ({"name": "aggitd", "inner_rounds": 2, "local_steps": 2}, {})])
 def test_chunked_runs_equal_unchunked(rep, algorithm, extra):
     kw = dict(algorithm=algorithm, rounds=3, eval_every=3, **extra)
     a = distbo.run(rep, **kw)
