@@ -18,7 +18,7 @@ hyperclean: data hyper-cleaning of 5,000 MNIST digits with half the labels corru
   Target: SOBA's final test accuracy minus 1 point; the table gives the bits until the test
   accuracy first reaches it, and the final accuracy after the same number of rounds.
 "vs SOBA" = SOBA's up-link bits to the target / the method's (how many times fewer bits).
-Bits are summed over workers, counted from the real payloads (32-bit floats, as in ALGORITHMS.md
+Bits are summed over workers, counted from the real payloads (32-bit floats, as in docs/algorithms.md
 section 5; float32 also floors the quadratic's final norm near 1e-7). Wall times are not
 reported: the machine is shared, and bits and accuracies do not depend on it.
 """

@@ -1,6 +1,6 @@
 """distbo vs a per-client loop written the way public federated bilevel code is written.
 
-The peer (``PeerFedNest``, ``PeerAggITD``, written here from ALGORITHMS.md sections 2 and 3, not
+The peer (``PeerFedNest``, ``PeerAggITD``, written here from docs/algorithms.md, FedNest and AggITD, not
 taken from any project) does one outer iteration the usual way: the server samples its clients,
 then visits them one after another; each client gets ``copy.deepcopy`` of the global modules
 (an ``nn.Module`` MLP: the hidden layer is x, the linear head y), runs a Python loop over its

@@ -1,4 +1,4 @@
-"""AggITD (ALGORITHMS.md section 3): exact derivative through FedAvg, limits, rounds, bits."""
+"""AggITD (docs/algorithms.md, AggITD): exact derivative through FedAvg, limits, rounds, bits."""
 import pytest
 import torch
 
@@ -79,7 +79,7 @@ def test_tau_one_or_identical_workers_approach_exact_hypergradient():
         errs = [_hypergrad_error(q, x, N, tau, 0.1) for N in Ns]
         assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-5, errs
     # heterogeneous workers with tau > 1: a client-drift bias that does not vanish as N grows
-    # (N tau beta = 8 and 16) but shrinks with beta (ALGORITHMS.md section 3)
+    # (N tau beta = 8 and 16) but shrinks with beta (docs/algorithms.md, AggITD)
     b1 = [_hypergrad_error(het, x, N, 4, 0.1) for N in (20, 40)]
     b2 = _hypergrad_error(het, x, 100, 4, 0.02)
     assert b1[0] > 0.05 and abs(b1[1] - b1[0]) < 1e-3 * b1[0] and b2 < 0.5 * b1[0], (b1, b2)

@@ -1,4 +1,4 @@
-"""C-SOBA, CM-SOBA, EF-SOBA and the MSC variants (ALGORITHMS.md section 1) on the quadratic task:
+"""C-SOBA, CM-SOBA, EF-SOBA and the MSC variants (docs/algorithms.md, SOBA) on the quadratic task:
 reductions to SOBA, exactness and neighbourhoods, bits, the compressed down-link and errors."""
 import math
 import statistics

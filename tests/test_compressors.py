@@ -1,4 +1,4 @@
-"""Compressors (ALGORITHMS.md section 5): unbiasedness and variance, contraction, exact bit counts,
+"""Compressors (docs/algorithms.md, compressors): unbiasedness and variance, contraction, exact bit counts,
 seeding, decoding from the fields alone, spec errors."""
 import math
 
@@ -79,7 +79,7 @@ def test_multi_step_error_shrinks_geometrically(inner, steps):
 
 
 def _formula(spec, d):
-    """ALGORITHMS.md section 5, float32 values."""
+    """docs/algorithms.md, compressors, float32 values."""
     name, _, arg = spec.partition(":")
     if name == "identity":
         return 32 * d

@@ -1,4 +1,4 @@
-"""FedNest / LFedNest (ALGORITHMS.md section 2), and the federated steps shared with AggITD."""
+"""FedNest / LFedNest (docs/algorithms.md, FedNest), and the federated steps shared with AggITD."""
 import threading
 
 import pytest

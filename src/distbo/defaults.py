@@ -1,5 +1,5 @@
 """Derived defaults: step sizes and other hyper-parameters from the problem's constants and the
-compressor (issue 12; ALGORITHMS.md section 6; the formulas and the measured matrix are in
+compressor (issue 12; docs/defaults.md; the formulas and the measured matrix are in
 docs/defaults.md).
 
 A hyper-parameter whose default is derived has default None and ``json_schema_extra={"derived":

@@ -1,4 +1,4 @@
-"""Multi-process runs: start P processes on this machine, or join a torchrun job (DESIGN.md).
+"""Multi-process runs: start P processes on this machine, or join a torchrun job (docs/design.md).
 
 - ``distbo run CONFIG --procs P`` or ``distbo.run(..., procs=P)``: ``run_procs`` starts P fresh
   Python processes (multiprocessing 'spawn'); rank r hosts workers [r n/P, (r+1) n/P). They meet

@@ -6,7 +6,7 @@ returns one row per worker. With ``reduce=True`` it returns the SUM over the loc
 the point is shared this is computed as the derivative of the summed loss (one backward pass
 instead of n per-worker vectors), which is what a server that only needs the mean wants.
 
-Notation (ALGORITHMS.md): H_yy v = d/dy <grad_y g, v> in R^{d_y} and H_xy v = d/dx <grad_y g, v>
+Notation (docs/algorithms.md): H_yy v = d/dy <grad_y g, v> in R^{d_y} and H_xy v = d/dx <grad_y g, v>
 in R^{d_x}; both come from ONE vector-Jacobian product of grad_y g.
 
 Worker chunks (config key ``worker_chunk``): ``Oracles(problem, chunk=k)`` evaluates every oracle
@@ -91,7 +91,7 @@ def hvp(loss: Loss, x: Tensor, y: Tensor, v: Tensor, batch: Batch,
 def fd_grad_y_hvp(loss: Loss, x: Tensor, y: Tensor, v: Tensor, batch: Batch, delta: float,
                   reduce: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_y loss_i, H_xy,i v, H_yy,i v) second-order free, by central differences of the
-    gradient (ALGORITHMS.md section 4):
+    gradient (docs/algorithms.md, RABO):
       H_yy v ~ (grad_y g(x, y + delta v) - grad_y g(x, y - delta v)) / (2 delta), H_xy v alike,
     with error O(delta^2). Three gradient passes, no graph of a graph."""
     gx_p, gy_p = grad_xy(loss, x, y + delta * v, batch, reduce)

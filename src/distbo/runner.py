@@ -1,6 +1,6 @@
 """Config -> problem, communicator, algorithm; the round loop, evaluation, metrics and outputs.
 
-Outputs of a run with an output folder (DESIGN.md contract): ``config.json`` (the resolved
+Outputs of a run with an output folder (docs/design.md contract): ``config.json`` (the resolved
 configuration and facts about the task), ``metrics.jsonl`` (one row per evaluation, flushed as it
 is written) and ``summary.json`` (final row, totals, status). ``wall_s`` is training time only:
 evaluation is not counted.

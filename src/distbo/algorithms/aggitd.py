@@ -1,4 +1,4 @@
-"""AggITD: federated hypergradient by aggregated iterative differentiation (ALGORITHMS.md 3).
+"""AggITD: federated hypergradient by aggregated iterative differentiation (docs/algorithms.md, AggITD).
 
 Xiao & Ji, "Communication-Efficient Federated Hypergradient Computation via Aggregated Iterative
 Differentiation", ICML 2023. Per outer iteration t, with the sampled participants:
@@ -14,7 +14,7 @@ Differentiation", ICML 2023. Per outer iteration t, with the sampled participant
 
 Each client keeps grad_x F_i plus its running sum of r_i and sends that one d_x-vector with the
 last backward round, which does not send v^0 (not needed): 2N + 1 rounds per outer iteration.
-(ALGORITHMS.md sends grad_x F_i in the v^N round; by linearity sending it with the last round
+(docs/algorithms.md sends grad_x F_i in the v^N round; by linearity sending it with the last round
 gives the same grad_hat and saves one d_x-vector per client, the dominant cost when d_x >> d_y.) With fixed samples
 grad_hat is exactly the derivative of x -> F(x, y^N(x)) through the aggregated trajectory (the
 warm start carries no gradient); see tests/test_aggitd.py. With a compressed down-link the

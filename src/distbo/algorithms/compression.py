@@ -1,4 +1,4 @@
-"""Pieces of the compressed SOBA variants (ALGORITHMS.md section 1), composed by algorithms/soba.py.
+"""Pieces of the compressed SOBA variants (docs/algorithms.md, SOBA), composed by algorithms/soba.py.
 
 Uplinks (workers -> server, one ``comm.exchange`` each; interface of algorithms/pieces.py):
 - ``CompressedUplink``: C-SOBA / CM-SOBA. Worker i sends C(D_*^i); the server gets mean_i C(D_*^i).

@@ -1,4 +1,4 @@
-"""Steps shared by the federated algorithms AggITD, FedNest and LFedNest (ALGORITHMS.md 2 and 3).
+"""Steps shared by the federated algorithms AggITD, FedNest and LFedNest (docs/algorithms.md, FedNest and 3).
 
 One outer iteration is a *session* (``FedRound``): the server samples its participants (a fraction
 of the clients, uniformly without replacement, from the round key, so every process draws the
@@ -220,8 +220,8 @@ def local_steps(clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batc
                 n: int, q: Tensor | None = None, keep: bool = False) -> tuple[Tensor, list[Tensor]]:
     """The participants' local steps on their copies, from the server's y (one per batch).
 
-    Plain (FedAvg, ALGORITHMS.md 3):  y_i <- y_i - beta grad_y G_i(x, y_i; zeta_m)
-    SVRG (FedInn, ALGORITHMS.md 2, given the server's mean gradient q at y):
+    Plain (FedAvg, docs/algorithms.md, AggITD):  y_i <- y_i - beta grad_y G_i(x, y_i; zeta_m)
+    SVRG (FedInn, docs/algorithms.md, FedNest, given the server's mean gradient q at y):
         y_i <- y_i - beta (grad_y G_i(x, y_i; zeta_m) - grad_y G_i(x, y; zeta_m) + q)
     Returns the final copies [n, d_y] and, with ``keep``, the iterate each step started from
     (y_i^{m}, m = 0..tau-1: where AggITD's backward sweep takes its Hessians).

@@ -1,4 +1,4 @@
-"""FedNest and LFedNest: the AID baselines of federated bilevel optimization (ALGORITHMS.md 2).
+"""FedNest and LFedNest: the AID baselines of federated bilevel optimization (docs/algorithms.md, FedNest).
 
 Tarzanagh et al., "FedNest: Federated Bilevel, Minimax, and Compositional Optimization", ICML
 2022. One outer iteration t, with the sampled participants and clients' local copies:

@@ -1,6 +1,6 @@
 """RABO and RAFBO: bilevel optimization with dual pruning for resource-limited clients.
 
-ALGORITHMS.md section 4 (Li et al., "Distributed Bilevel Optimization with Dual Pruning for
+docs/algorithms.md, RABO (Li et al., "Distributed Bilevel Optimization with Dual Pruning for
 Resource-limited Clients"). Each round the server hands client i sub-models of x and y (masks
 m_x^i, m_y^i keeping about r_i of the units, algorithms/submodels.py) and the client runs T local
 steps on its kept coordinates only (RABO: T = 1; RAFBO: T = ``local_steps``), evaluating the SOBA

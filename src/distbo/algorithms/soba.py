@@ -1,4 +1,4 @@
-"""SOBA: the single-loop stochastic bilevel method, uncompressed (ALGORITHMS.md section 1).
+"""SOBA: the single-loop stochastic bilevel method, uncompressed (docs/algorithms.md, SOBA).
 
 Every worker evaluates at the broadcast (x, y, v), on independent f- and g-batches:
   D_y^i = grad_y G_i(x, y)

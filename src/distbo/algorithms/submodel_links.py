@@ -1,4 +1,4 @@
-"""What RABO / RAFBO clients send and receive (ALGORITHMS.md section 4 with sections 1 and 5).
+"""What RABO / RAFBO clients send and receive (docs/algorithms.md, RABO with sections 1 and 5).
 
 Up-link. A client sends, per variable (x, y, v), the changes of its kept coordinates: its
 *sub-model vector* u_i (k_i entries, k_i set by its resource level). The server adds, per

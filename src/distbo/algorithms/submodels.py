@@ -1,4 +1,4 @@
-"""Sub-models of resource-limited clients (ALGORITHMS.md section 4): masks, coverage, messages.
+"""Sub-models of resource-limited clients (docs/algorithms.md, RABO): masks, coverage, messages.
 
 Client i has the resource level r_i = ``clients.resources[i % len]`` and, each round, keeps
 ceil(r_i H) of the H units of every *unit family*:
@@ -365,7 +365,7 @@ def coverage_average(old: Tensor, total: Tensor, coverage: Tensor) -> Tensor:
 
 
 class Kept(Message):
-    """Each local client's kept coordinates of one full-size vector (ALGORITHMS.md section 4).
+    """Each local client's kept coordinates of one full-size vector (docs/algorithms.md, RABO).
 
     ``parts`` holds, per group of clients, their kept values and the values' positions in the
     d-vector (same shapes). Only the values travel: positions are a pure function of (seed, round,

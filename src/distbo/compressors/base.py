@@ -1,4 +1,4 @@
-"""Compressors and their payloads (ALGORITHMS.md section 5).
+"""Compressors and their payloads (docs/algorithms.md, compressors).
 
 A compressor maps a batch of vectors u [n, d] (one row per worker) to a Payload: the tensors that
 travel, each with its encoded width in bits per element, plus a fixed header per sender. Bits are

@@ -3,7 +3,7 @@
 - ``contractive(C)``: C' = C / (1 + omega) for an unbiased C (then E||C'(u) - u||^2 <=
   (1 - 1/(1+omega)) ||u||^2), C itself for a contractive or exact one. Same fields and bits as C;
   the scale is applied by the decoder, which knows omega from the spec and d.
-- ``multi_step(C, R)`` (ALGORITHMS.md section 1, MSC): R rounds of C' on the residual,
+- ``multi_step(C, R)`` (docs/algorithms.md, SOBA, MSC): R rounds of C' on the residual,
       u_hat = 0;  for r in 1..R: u_hat <- u_hat + C'(u - u_hat),
   sending all R payloads (the bits add up). The error is (1 - delta)^R ||u||^2 (in expectation for
   a random C). The R payloads travel as one Payload whose fields are prefixed 'r<i>/'; the

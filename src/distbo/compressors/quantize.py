@@ -1,4 +1,4 @@
-"""Quantizers: QSGD (unbiased) and scaled sign (contractive), ALGORITHMS.md section 5.
+"""Quantizers: QSGD (unbiased) and scaled sign (contractive), docs/algorithms.md, compressors.
 
 - qsgd:s sends the row norm (one float) and, per coordinate, a sign bit and a level in 0..s
   (ceil(log2(s+1)) bits): 32 + d (1 + ceil(log2(s+1))) bits. The level is the stochastic rounding

@@ -1,4 +1,4 @@
-"""Sparsifiers: rand-K (unbiased) and top-K (contractive), ALGORITHMS.md section 5.
+"""Sparsifiers: rand-K (unbiased) and top-K (contractive), docs/algorithms.md, compressors.
 
 Both keep K coordinates per row, batched over the worker axis. K is given as a count ('100') or
 as a fraction of d ('0.05') and resolved against each message's d (``resolve_k``).
