@@ -312,6 +312,20 @@ def summary(rows: list[dict[str, Any]], status: str, run: RunConfig) -> dict[str
     return out
 
 
+def python_raw(task: str | dict | Problem, algorithm: str | dict, overrides: list[str] | None,
+               top: dict[str, Any]) -> tuple[dict[str, Any], Problem | None]:
+    """The raw configuration of a Python call (``distbo.run``, ``distbo.tune``) and its user Problem."""
+    from .config import apply_set
+
+    problem = task if isinstance(task, Problem) else None
+    raw: dict[str, Any] = {"algorithm": algorithm, **top}
+    if problem is None:
+        raw["task"] = task
+    for item in overrides or []:
+        apply_set(raw, item)
+    return raw, problem
+
+
 def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba", *,
         out: str | Path | None = None, progress: bool = False, overrides: list[str] | None = None,
         comm: Communicator | None = None, overwrite: bool = False, **top: Any) -> Result:
@@ -322,14 +336,7 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
     (compressor, rounds, workers, seed, eval_every, ...); ``overrides`` are ``key=value`` strings.
     A folder ``out`` that already holds a run is refused unless ``overwrite`` (then it is cleared).
     """
-    from .config import apply_set
-
-    problem = task if isinstance(task, Problem) else None
-    raw: dict[str, Any] = {"algorithm": algorithm, **top}
-    if problem is None:
-        raw["task"] = task
-    for item in overrides or []:
-        apply_set(raw, item)
+    raw, problem = python_raw(task, algorithm, overrides, top)
     if problem is not None:
         user_settings(problem, raw)  # workers / dtype / task.* it would ignore: one-line errors
     user_problem = problem

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cli import _config_args, command
-from .config import DEFAULT_NAMES, RunConfig, apply_set
+from .config import DEFAULT_NAMES, RunConfig
 from .errors import ConfigError, DivergenceError, unknown
 from .stopping import RunControl, parse_until
 
@@ -68,14 +68,9 @@ def tune(task: Any = "quadratic", algorithm: str | dict = "soba", *, out: str | 
     ``task`` is a task name, a dict or a user ``distbo.Problem``; ``budget`` the rounds of the last
     rung (default: the configuration's rounds); ``thetas`` the theta grid (default: around its value).
     """
-    from .problems import Problem
+    from .runner import python_raw
 
-    problem = task if isinstance(task, Problem) else None
-    raw: dict[str, Any] = {"algorithm": algorithm, **top}
-    if problem is None:
-        raw["task"] = task
-    for item in overrides or []:
-        apply_set(raw, item)
+    raw, problem = python_raw(task, algorithm, overrides, top)
     if until is not None:
         raw["until"] = until
     return _search(raw, problem, Path(out), metric, budget, scales, thetas, log or (lambda s: None))
