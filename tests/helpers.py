@@ -30,3 +30,29 @@ class SoftplusProblem(Problem):
 
     def evaluate(self, x, y):
         return {"upper_loss": 0.0}
+
+
+def without_time(rows):
+    """Metric rows without ``wall_s`` (the one field a rerun or a resume may change)."""
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
+def stop_at(round_, how):
+    """A replacement for ``runner.build`` whose algorithm calls ``how()`` at the start of round ``round_``."""
+    from distbo import runner
+
+    orig = runner.build
+
+    def build(*args, **kwargs):
+        algorithm, comm = orig(*args, **kwargs)
+        step = algorithm.step
+
+        def stepping(state, t):
+            if t == round_:
+                how()
+            return step(state, t)
+
+        algorithm.step = stepping
+        return algorithm, comm
+
+    return build

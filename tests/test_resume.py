@@ -15,6 +15,7 @@ import distbo
 from distbo import checkpoint, runner, safeio  # noqa: F401
 from distbo.algorithms import ALGORITHMS
 from distbo.cli import main
+from helpers import stop_at, without_time
 
 TASK = {"name": "quadratic", "d_x": 2, "d_y": 4, "noise": 0.5, "heterogeneity": 1.0}
 COMMON = dict(workers=3, rounds=40, eval_every=4, checkpoint_every=10, dtype="float64", seed=3)
@@ -25,29 +26,6 @@ CLI = ["run", "--task", "quadratic", "--workers", "3", "--rounds", "40", "--eval
 
 def rows_of(folder):
     return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_time(rows):
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
-
-
-def stop_at(round_, how):
-    """Make the next algorithm built stop inside round ``round_`` (KeyboardInterrupt or a file + sleep)."""
-    orig = runner.build
-
-    def build(*args, **kwargs):
-        algorithm, comm = orig(*args, **kwargs)
-        step = algorithm.step
-
-        def stepping(state, t):
-            if t == round_:
-                how()
-            return step(state, t)
-
-        algorithm.step = stepping
-        return algorithm, comm
-
-    return build
 
 
 def _interrupt():

@@ -19,6 +19,7 @@ import torch
 import distbo
 from distbo import checkpoint, folders, runner, safeio
 from distbo.cli import _resume_changes, main
+from helpers import stop_at, without_time
 
 QUICK = ["--task", "quadratic", "--workers", "3", "--rounds", "8", "--eval-every", "2", "--seed", "3",
          "--set", "task.d_x=2", "--set", "task.d_y=4", "--set", "checkpoint_every=4", "--quiet"]
@@ -36,27 +37,11 @@ def rows_of(folder):
     return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
 
 
-def no_time(rows):
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
 
 
 def stop_in_round(monkeypatch, round_, action):
     """Make the next algorithm built call ``action()`` at the start of round ``round_``."""
-    orig = runner.build
-
-    def build(*args, **kwargs):
-        algorithm, comm = orig(*args, **kwargs)
-        step = algorithm.step
-
-        def stepping(state, t):
-            if t == round_:
-                action()
-            return step(state, t)
-
-        algorithm.step = stepping
-        return algorithm, comm
-
-    monkeypatch.setattr(runner, "build", build)
+    monkeypatch.setattr(runner, "build", stop_at(round_, action))
 
 
 def fail_writes(monkeypatch, name: str, err: int, after: int = 0):
@@ -357,8 +342,8 @@ def test_a_failed_write_stops_with_one_line_keeps_whole_rows_and_the_checkpoint(
     # the run continues exactly from what was kept
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     ref = distbo.run({"name": "quadratic", "d_x": 2, "d_y": 4}, workers=3, rounds=8, eval_every=2, seed=3)
-    assert no_time(rows_of(out)) == no_time(ref.metrics)
-    assert no_time(rows) == no_time(ref.metrics)[: len(rows)]
+    assert without_time(rows_of(out)) == without_time(ref.metrics)
+    assert without_time(rows) == without_time(ref.metrics)[: len(rows)]
 
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys):
@@ -384,7 +369,7 @@ def test_overwrite_clears_the_old_run_so_nothing_is_spliced(tmp_path, monkeypatc
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     assert "from round 0" in capsys.readouterr().out  # not the old run's round 8
     ref = distbo.run({"name": "quadratic", "d_x": 2, "d_y": 4}, workers=3, rounds=8, eval_every=2, seed=5)
-    assert no_time(rows_of(out)) == no_time(ref.metrics)
+    assert without_time(rows_of(out)) == without_time(ref.metrics)
 
 
 def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, monkeypatch, capsys):
