@@ -26,11 +26,13 @@ def test_estimate_matches_the_quadratic_closed_form():
 
 def test_estimate_on_a_user_problem_matches_autograd_hessians():
     p = SoftplusProblem(workers=3, d_y=4)
-    est = estimate_constants(p, seed=1)
-    x0, y0 = p.init(1)
+    x0, y0 = (t.double() for t in p.init(1))
     from distbo import rng
-    from distbo.defaults import _KEY
+    from distbo.defaults import _KEY, _estimate
     batch = p.sample("g", torch.arange(3), rng.key(1, _KEY))
+    est = _estimate(p, x0, y0, batch, 1, 20, torch.float64)  # at (x0, y0)
+    along = estimate_constants(p, seed=1)  # the largest along a short lower-level descent
+    assert along["L_g"] >= est["L_g"] and along["L_g_max"] >= est["L_g_max"] and along["mu_g"] <= est["mu_g"]
     H = [torch.autograd.functional.hessian(lambda y: p.g(x0, y, {k: v[i] for k, v in batch.items()}), y0)
          for i in range(3)]
     mean = torch.linalg.eigvalsh(sum(H) / 3)
@@ -106,9 +108,9 @@ def _hp(name):
 @pytest.mark.parametrize("alg, comp, rounds, target", [
     ("ef-soba", "topk:0.1", 600, 1e-2),
     ("ef-soba-msc", "randk:0.1", 300, 1e-2),  # the matrix (float32): 1e-2 at round 110
-    # RAFBO's T = 5 local steps on heterogeneous workers leave a client-drift bias: it settles at
-    # 0.08 of the start (measured 0.3513 of 4.357 from round 200 on), stable but not at 1e-2
-    ("rafbo", "identity", 300, 0.1),
+    # RAFBO's T = 5 local steps on heterogeneous workers leave a client-drift neighbourhood at a
+    # constant step (0.08 of the start); the derived 1/sqrt(k+1) decay goes below 1e-2 at ~450
+    ("rafbo", "identity", 600, 1e-2),
     ("fednest", "randk:0.1", 40, 1.0),
     ("aggitd", "randk:0.1", 40, 1.0),
 ])
@@ -118,15 +120,18 @@ def test_previously_diverging_pairs_now_improve(alg, comp, rounds, target):
     assert end < target * start, (start, end)
 
 
-def test_c_soba_stalls_without_diverging():
-    """C-SOBA rand-K under heterogeneity stalls in a neighbourhood (ALGORITHMS: by design); at the
-    derived steps it stays bounded and below its start on average (measured at 1500 rounds:
-    between 1.7 and 4.7 around the start 4.36, mean of the second half 3.0)."""
+def test_c_soba_stalls_below_its_start():
+    """C-SOBA rand-K under heterogeneity stalls in a neighbourhood (ALGORITHMS: by design); its
+    derived steps shrink with the workers' measured spread, so every evaluation after the start
+    stays below it (measured at 2000 rounds: 0.75-2.8 against the start 4.36; without the
+    spread 1.7-4.7)."""
     res = distbo.run("quadratic", "c-soba", compressor="randk:0.1", rounds=600, eval_every=50, dtype="float64")
     norms = [m["hypergrad_norm"] for m in res.metrics]
-    assert res.status == "completed" and max(norms) < 1.5 * norms[0]
-    half = norms[len(norms) // 2:]
-    assert sum(half) / len(half) < norms[0]
+    assert res.status == "completed" and max(norms[1:]) < 0.8 * norms[0], norms
+    der = res.config["derived"]
+    assert der["spread_source"] == "measured on the start directions" and der["spread"]["y"] > 1
+    assert res.config["algorithm"]["beta"] == pytest.approx(1 / der["L_g"] / (1 + 9 * der["spread"]["y"] / 8),
+                                                            rel=1e-3)
 
 
 def _iteration_matrix(q, alpha, beta, gamma, theta):

@@ -2,9 +2,12 @@
 
 The fixture tests/data/golden_rows.json was recorded before the speed work of issue 14; every
 speed change (fused updates, preallocated buffers, one selection per round, ...) must leave these
-runs bit-identical. Every hyper-parameter is given explicitly, so a change of a task's or an
-algorithm's defaults does not touch them. Rows are compared exactly (floats survive JSON
-unchanged); ``wall_s`` is the only field left out.
+runs identical. Every hyper-parameter is given explicitly, so a change of a task's or an
+algorithm's defaults does not touch them. Bits, rounds and every other integer are compared
+exactly; floats to a few units in the last place of the run's dtype (``same``): the fixture was
+recorded on one CPU, and MKL's and ATen's vector kernels round differently on another (measured on
+an AVX-512 AMD EPYC against the recording machine: 1.5e-16 relative in float64, 3.3e-8 in
+float32, bits identical). ``wall_s`` is the only field left out.
 
 Regenerate (only for an intended change of the numerics, saying so in the commit):
     DISTBO_GOLDEN_WRITE=1 .venv/bin/python -m pytest tests/test_golden.py
@@ -76,7 +79,28 @@ def golden() -> dict:
     return json.loads(FIXTURE.read_text())
 
 
+def same(got, want, rel: float) -> bool:
+    """Equal structure and integers; floats within ``rel`` (relative; absolute for values below
+    1e-6, such as a final state's sum that sits at zero)."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and got.keys() == want.keys() and all(same(got[k], want[k], rel) for k in want)
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(same(a, b, rel) for a, b in zip(got, want))
+    if isinstance(want, float) and isinstance(got, float):
+        return abs(got - want) <= rel * (1.0 if abs(want) < 1e-6 else abs(want))
+    return type(got) is type(want) and got == want
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_rows_are_bit_identical(golden, name):
+def test_rows_are_identical(golden, name):
     assert torch.get_default_dtype() == torch.float32
-    assert rows(CASES[name]) == golden[name]
+    rel = 1e-6 if CASES[name].get("dtype") == "float32" else 1e-13
+    got = rows(CASES[name])
+    assert same(got, golden[name], rel), (got, golden[name])
+
+
+def test_same_compares_integers_exactly_and_floats_to_the_last_bits():
+    assert same([{"bits_up": 3, "loss": 1.0}], [{"bits_up": 3, "loss": 1.0 + 1e-15}], 1e-13)
+    assert not same([{"bits_up": 3, "loss": 1.0}], [{"bits_up": 4, "loss": 1.0}], 1e-13)
+    assert not same([{"loss": 1.0}], [{"loss": 1.0 + 1e-9}], 1e-13)
+    assert same([1.5e-16], [1.9e-16], 1e-13) and not same([1], [1.0], 1e-13)

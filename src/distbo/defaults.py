@@ -7,13 +7,14 @@ rule}`` in its schema. ``resolve_hyper`` (called by ``runner.resolve``, where co
 are decided) fills every such field the user left unset, in three stages:
 
 1. Problem constants (``problem_constants``): ``Problem.constants()`` if the task knows them in
-   closed form (the quadratic), else estimated at (x0, y0) by ``estimate_constants``: power
-   iterations of H_yy v through distbo's oracles on the mean over all workers (L_g, and mu_g from
-   the shifted matrix L_g I - H_yy) and on every single worker at once (L_g,max = max_i L_g,i), on
-   one g-batch per worker drawn from the seed, in float64 when the problem's losses accept it and
-   with one torch thread, so every process of a ``--procs`` run derives the same numbers.
+   closed form (the quadratic), else estimated by ``estimate_constants``: Lanczos on the mean
+   H_yy over all workers (L_g, mu_g) and power iterations on every single worker at once
+   (L_g,max = max_i L_g,i), at (x0, y0) and after each of a few lower-level gradient steps (the
+   largest seen), and a power iteration on the mean f's H_xx (L_f_xx), on one batch per worker
+   drawn from the seed, in float64 when the problem's losses accept it and with one torch thread,
+   so every process of a ``--procs`` run derives the same numbers.
 2. Base steps of an uncompressed single step: beta0 = gamma0 = C_Y / L_g, alpha0 = C_X / L_Phi
-   (L_Phi known) or C_X / L_g;
+   (L_Phi known) or C_X / max(L_g, L_f_xx);
    a task's ``defaults`` dict may replace these base values (measured overrides, documented there).
 3. Scaling: per variable dimension d, by the compressor (``compressor_factor``: DIANA
    1 / (1 + C_OMEGA omega / n) for an unbiased C, EF21 1 / (1 + sqrt(b / t)) for a contractive
@@ -39,6 +40,7 @@ from .problems.base import Problem
 Tensor = torch.Tensor
 
 POWER_STEPS = 20  # power iterations per estimate
+PROBE_STEPS = 5  # lower-level gradient steps, the estimate repeated after each
 C_Y = 1.0  # beta0 = gamma0 = C_Y / L_g
 C_X = 0.5  # alpha0 = C_X / L_Phi
 C_OMEGA = 1.0  # unbiased compressors: steps / (1 + C_OMEGA omega / n)
@@ -58,17 +60,69 @@ def round_sig(v: float, digits: int = 4) -> float:
 
 # ----- 1. problem constants -----
 def estimate_constants(problem: Problem, seed: int, steps: int = POWER_STEPS) -> dict[str, Any]:
-    """L_g, mu_g (mean over workers) and L_g,max (largest single worker) at (x0, y0) from ``steps``
-    products H_yy v on one g-batch per worker drawn from ``seed``."""
+    """L_g, mu_g (mean over workers) and L_g,max (largest single worker) from ``steps`` products
+    H_yy v on one g-batch per worker drawn from ``seed``: at (x0, y0) and at the points of a short
+    lower-level descent from there (``along_descent``); the largest curvature seen is kept."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # one op order: every process derives the same numbers
     try:
         try:
-            return _estimate(problem, seed, steps, torch.float64)
+            return along_descent(problem, seed, steps, torch.float64)
         except (RuntimeError, TypeError):  # losses hold data of the problem's dtype only
-            return _estimate(problem, seed, steps, problem.dtype)
+            return along_descent(problem, seed, steps, problem.dtype)
     finally:
         torch.set_num_threads(before)
+
+
+def along_descent(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> dict[str, Any]:
+    """The constants at (x0, y0) and after each of PROBE_STEPS stochastic gradient steps
+    y <- y - grad_y g(x0, y) / L_g (a fresh g-batch per step; L_g: the largest seen so far), all
+    measured on the same batch: L_g and L_g,max are the largest seen, mu_g the smallest. The
+    curvature at the start can understate the run's: a softmax head started at y0 = 0 is at its
+    flattest there (measured: hyperclean's L_g doubles within 3 steps, docs/defaults.md)."""
+    n = problem.n_workers
+    x0, y = (t.to(dtype) for t in problem.init(seed))
+    batch = problem.sample("g", torch.arange(n), rng.key(seed, _KEY))
+    grad_y = vmap(grad(problem.g, argnums=1), in_dims=(None, None, 0))
+    out = _estimate(problem, x0, y, batch, seed, steps, dtype)
+    for k in range(PROBE_STEPS):
+        fresh = problem.sample("g", torch.arange(n), rng.key(seed, _KEY, 10 + k))
+        y = y - grad_y(x0, y, fresh).mean(0) / out["L_g"]
+        if not bool(torch.isfinite(y).all()):
+            break
+        at = _estimate(problem, x0, y, batch, seed, steps, dtype)
+        out = {"L_g": max(out["L_g"], at["L_g"]), "mu_g": min(out["mu_g"], at["mu_g"]),
+               "L_g_max": max(out["L_g_max"], at["L_g_max"]), "lanczos": max(out["lanczos"], at["lanczos"])}
+    out["L_f_xx"] = upper_curvature(problem, x0, y, seed, steps)
+    name = "float64" if dtype == torch.float64 else str(dtype).removeprefix("torch.")
+    m = out.pop("lanczos")
+    return {**out, "source": f"{m} Lanczos and {steps} power-iteration steps of H_yy v at (x0, y0) and after "
+                             f"each of {PROBE_STEPS} lower-level gradient steps (largest seen); L_f_xx: "
+                             f"{steps} power-iteration steps of the mean f's H_xx there, {name}"}
+
+
+def upper_curvature(problem: Problem, x: Tensor, y: Tensor, seed: int, steps: int) -> float:
+    """|largest eigenvalue| of the workers' mean H_xx of f at (x, y) by power iteration, on one
+    f-batch per worker: the scale of x's own curvature, which stands in for L_Phi where that is
+    unknown (measured 4.6 against L_Phi = 5.8 on the quadratic; 7.0 against L_g = 0.72 on a small
+    hyperrep, where a step of 0.5 / L_g diverged every single-loop method, docs/defaults.md)."""
+    n = problem.n_workers
+    batch = problem.sample("f", torch.arange(n), rng.key(seed, _KEY, 2))
+
+    def mean_hvp(u: Tensor) -> Tensor:
+        def one(b):
+            return vjp(lambda x_: grad(problem.f, argnums=0)(x_, y, b), x)[1](u)[0]
+        return vmap(one)(batch).mean(0)
+
+    q = rng.normal(rng.key(seed, _KEY, 4), (problem.d_x,), x.dtype)
+    q, lam = q / q.norm(), 0.0
+    for _ in range(steps):
+        h = mean_hvp(q)
+        lam, norm = float(q @ h), float(h.norm())
+        if not norm > 0:
+            return 0.0
+        q = h / norm
+    return abs(lam)
 
 
 def _hvp_yy(loss: Callable, x: Tensor, y: Tensor, V: Tensor, batch: Any) -> Tensor:
@@ -78,12 +132,11 @@ def _hvp_yy(loss: Callable, x: Tensor, y: Tensor, V: Tensor, batch: Any) -> Tens
     return vmap(one)(V, batch)
 
 
-def _estimate(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> dict[str, Any]:
-    """Lanczos (full re-orthogonalisation) on the workers' mean H_yy for L_g and mu_g, and, in the
-    same oracle call per step, power iteration on every worker's own H_yy,i for L_g,max."""
+def _estimate(problem: Problem, x0: Tensor, y0: Tensor, batch: Any, seed: int, steps: int,
+              dtype: torch.dtype) -> dict[str, Any]:
+    """At (x0, y0): Lanczos (full re-orthogonalisation) on the workers' mean H_yy for L_g and mu_g,
+    and, in the same oracle call per step, power iteration on every worker's own H_yy,i for L_g,max."""
     n, d = problem.n_workers, problem.d_y
-    x0, y0 = (t.to(dtype) for t in problem.init(seed))
-    batch = problem.sample("g", torch.arange(n), rng.key(seed, _KEY))
     twice = tree_map(lambda t: torch.cat([t, t]), batch)  # rows 0..n-1: own vectors, n..2n-1: mean's
     q = rng.normal(rng.key(seed, _KEY, 1), (d,), dtype)
     q = q / q.norm()
@@ -116,9 +169,8 @@ def _estimate(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -> di
         off = torch.tensor(betas[: m - 1], dtype=torch.float64)
         T = T + torch.diag(off, 1) + torch.diag(off, -1)
     ritz = torch.linalg.eigvalsh(T)
-    name = "float64" if dtype == torch.float64 else str(dtype).removeprefix("torch.")
     return {"L_g": float(ritz[-1]), "mu_g": max(float(ritz[0]), 0.0), "L_g_max": float(rayleigh.max()),
-            "source": f"{m} Lanczos and {steps} power-iteration steps of H_yy v at (x0, y0), {name}"}
+            "lanczos": m}
 
 
 def problem_constants(problem: Problem, seed: int) -> dict[str, Any]:
@@ -140,6 +192,14 @@ def start_directions(problem: Problem, seed: int) -> dict[str, Tensor]:
     gx, gy = o.grad_f(x0, y0, bf)
     d_y, hxy_v, _ = o.grad_y_hvp_g(x0, y0, gy.mean(0), bg)
     return {"x": gx - hxy_v, "y": d_y, "v": -gy}
+
+
+def spread(rows: Tensor) -> float:
+    """mean_i ||D_i||^2 / ||mean_i D_i||^2 of the rows [n, d] (1 for identical workers; inf if the
+    mean is zero): the factor by which workers' own directions outweigh their mean."""
+    rows = rows.double()
+    mean = rows.mean(0)
+    return float((rows * rows).sum(-1).mean() / (mean @ mean)) if float(mean @ mean) > 0 else math.inf
 
 
 def sign_contraction(rows: Tensor) -> float:
@@ -174,12 +234,15 @@ def ef21_factor(delta: float) -> float:
     return 1.0 / (1.0 + math.sqrt((1.0 - delta) / t / t))
 
 
-def compressor_factor(c: Compressor, d: int, n: int, measured: float | None = None) -> float:
-    """How much a compressor shrinks a step on a d-dimensional variable averaged over n workers."""
+def compressor_factor(c: Compressor, d: int, n: int, measured: float | None = None,
+                      spread: float = 1.0) -> float:
+    """How much a compressor shrinks a step on a d-dimensional variable averaged over n workers.
+    ``spread`` (unbiased C without shifts): mean_i ||D_i||^2 / ||D||^2, by which the variance
+    omega/n mean_i ||D_i||^2 of the compressed mean exceeds omega/n ||D||^2."""
     if c.kind == "exact":
         return 1.0
     if c.kind == "unbiased":
-        return 1.0 / (1.0 + C_OMEGA * c.omega(d) / n)
+        return 1.0 / (1.0 + C_OMEGA * c.omega(d) * spread / n)
     # the geometric mean of EF21's worst-case step and the uncompressed one: EF21's own factor is
     # stable but measured 7x slower to 1e-2 on the quadratic (top-K 10%: 0.051; 1 is stable there)
     return math.sqrt(ef21_factor(contraction(c, d, measured)))
@@ -198,30 +261,39 @@ class Derivation:
         self.p, self.c, self.k, self.base, self.n = problem, compressor, constants, base, n  # n: senders
         L = constants["L_g"]
         self.L, self.L_max = L, constants.get("L_g_max", L)
-        # x on a slower time scale than y; L_g stands for L_Phi where that is unknown (a kappa-based
-        # ratio stalls x: 0.5 mu_g / L_g^2 = 3e-5 on hyperrep, where 0.1 is measured to work)
-        self.alpha0 = C_X / (constants.get("L_phi") or L)
+        # x on a slower time scale than y; max(L_g, L_f_xx) stands for L_Phi where that is unknown (a
+        # kappa-based ratio stalls x: 0.5 mu_g / L_g^2 = 3e-5 on hyperrep, where 0.1 is measured to work)
+        self.alpha0 = C_X / (constants.get("L_phi") or max(L, constants.get("L_f_xx", 0.0)))
         self.beta0 = C_Y / L
         self.sign_delta: dict[int, float] = {}  # d -> scaled sign's contraction on the start directions
+        self.spread: dict[int, float] = {}  # d -> the workers' spread on the start directions
 
     def base_step(self, name: str) -> float:
         if name in self.base:
             return float(self.base[name])
         return self.alpha0 if name == "alpha" else self.beta0
 
-    def measure_sign(self, seed: int) -> None:
+    def measure(self, seed: int, sign: bool, spreads: bool) -> None:
+        """Scaled sign's contraction (the smallest) and the workers' spread (the largest) per
+        dimension, on the start directions: x on D_x, y on D_y and D_v (one dict entry when d_x = d_y)."""
         D = start_directions(self.p, seed)
-        self.sign_delta = {self.p.d_x: sign_contraction(D["x"]),
-                           self.p.d_y: min(sign_contraction(D["y"]), sign_contraction(D["v"]))}
-        if self.p.d_x == self.p.d_y:
-            self.sign_delta[self.p.d_x] = min(sign_contraction(D[k]) for k in D)
+        by_dim: dict[int, list[Tensor]] = {}
+        for name, rows in D.items():
+            by_dim.setdefault(self.p.d_x if name == "x" else self.p.d_y, []).append(rows)
+        if sign:
+            self.sign_delta = {d: min(sign_contraction(r) for r in rs) for d, rs in by_dim.items()}
+        if spreads:
+            self.spread = {d: max(spread(r) for r in rs) for d, rs in by_dim.items()}
 
     def factor(self, c: Compressor, d: int) -> float:
-        return compressor_factor(c, d, self.n, self.sign_delta.get(d))
+        return compressor_factor(c, d, self.n, self.sign_delta.get(d), self.spread.get(d, 1.0))
 
 
 def _single_loop(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
-    """SOBA family: base steps scaled by the compressor on each variable's dimension; a moving
+    """SOBA family: base steps scaled by the compressor on each variable's dimension (without
+    error-feedback shifts an unbiased C's variance grows with the workers' spread, which does not
+    vanish at the solution: C-SOBA rand-K 10% wandered 1.7-4.7 about its start 4.36 without it,
+    0.75-2.8 with it, docs/defaults.md); a moving
     average (theta < 1) delays x's feedback by ~1/theta rounds, so alpha also shrinks by
     min(1, C_AVERAGE theta) (the deterministic iteration is unstable without it: docs/defaults.md)."""
     fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
@@ -242,12 +314,15 @@ def _msc(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
     return _single_loop(dv, hp, multi_step(compressor, hp.msc_steps))
 
 
-def _pruned(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
-    """RABO / RAFBO: clients step on their own g_i, T times per round: beta L_g,max T <= C_LOCAL."""
+def _pruned(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, Any]:
+    """RABO / RAFBO: clients step on their own g_i, T times per round: beta L_g,max T <= C_LOCAL.
+    With T > 1 the steps decay as 1/sqrt(k+1): a constant step leaves a client-drift neighbourhood
+    proportional to it (RAFBO on the quadratic settled at 0.08 of its start, 0.01 at 1/8 of the
+    steps; decaying: 2.2e-3 at round 1500, docs/defaults.md)."""
     T = getattr(hp, "local_steps", 1)
     cap = C_LOCAL / (T * dv.L_max)
     return {"alpha": dv.base_step("alpha") / T, "beta": min(dv.base_step("beta"), cap),
-            "gamma": min(dv.base_step("gamma"), cap)}
+            "gamma": min(dv.base_step("gamma"), cap), "schedule": "sqrt" if T > 1 else "constant"}
 
 
 def hypergradient_messages(hp: Any) -> int:
@@ -275,6 +350,7 @@ def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, flo
     return out
 
 
+SHIFT_FREE = ("c-soba", "cm-soba")  # single-loop methods whose unbiased compression has no shifts
 RULES: dict[str, Callable[[Derivation, Any, Compressor], dict[str, float]]] = {
     "soba": _single_loop, "c-soba": _single_loop, "cm-soba": _single_loop, "ef-soba": _single_loop,
     "cm-soba-msc": _msc, "ef-soba-msc": _msc, "rabo": _pruned, "rafbo": _pruned,
@@ -297,9 +373,11 @@ def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, se
     c = make_compressor(compressor)
     consts = problem_constants(problem, seed)
     dv = Derivation(problem, c, consts, base, max(1, round(fraction * problem.n_workers)))
-    if uses_sign(c):
-        dv.measure_sign(seed)
-    values = {k: round_sig(v) for k, v in RULES[algorithm](dv, hp, c).items() if k in todo}
+    spreads = algorithm in SHIFT_FREE and c.kind == "unbiased"
+    if uses_sign(c) or spreads:
+        dv.measure(seed, sign=uses_sign(c), spreads=spreads)
+    values = {k: round_sig(v) if isinstance(v, float) else v for k, v in RULES[algorithm](dv, hp, c).items()
+              if k in todo}
     info = {**{k: (round_sig(v) if isinstance(v, float) else v) for k, v in consts.items()},
             "n": dv.n, "compressor": compressor, "d_x": problem.d_x, "d_y": problem.d_y,
             **_compressor_inputs(c, dv), "task_base": dict(base), "derived": sorted(values)}
@@ -309,7 +387,9 @@ def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, se
 def _compressor_inputs(c: Compressor, dv: Derivation) -> dict[str, Any]:
     dims = {"x": dv.p.d_x, "y": dv.p.d_y}
     if c.kind == "unbiased":
-        return {"omega": {k: round_sig(c.omega(d)) for k, d in dims.items()}}
+        return {"omega": {k: round_sig(c.omega(d)) for k, d in dims.items()},
+                **({"spread": {k: round_sig(dv.spread[d]) for k, d in dims.items()},
+                    "spread_source": "measured on the start directions"} if dv.spread else {})}
     if c.kind == "contractive":
         return {"delta": {k: round_sig(contraction(c, d, dv.sign_delta.get(d))) for k, d in dims.items()},
                 **({"delta_source": "measured on the start directions"} if dv.sign_delta else {})}

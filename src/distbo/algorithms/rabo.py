@@ -36,6 +36,7 @@ from pydantic import Field
 
 from .. import rng
 from ..oracles import FiniteDifferenceOracles, Oracles
+from ..defaults import derived
 from .base import (ALGORITHMS, STREAM_CLIENTS, STREAM_F, STREAM_G, Algorithm, Context, StepSizes, project_ball,
                    schedule_factor)
 from .federated import sample_clients
@@ -56,6 +57,9 @@ class RABOParams(StepSizes):
 
 class RAFBOParams(RABOParams):
     local_steps: int = Field(5, ge=1, description="local steps T per round")
+    schedule: Literal["constant", "sqrt"] | None = Field(
+        None, description="constant or 1/sqrt(k+1) decay",
+        json_schema_extra=derived("sqrt for T > 1 (a constant step leaves a client-drift neighbourhood), else constant"))
 
 
 class RABOState(NamedTuple):
