@@ -14,8 +14,9 @@ qsgd:4, sign; a pair the algorithm refuses (ConfigError) is listed as refused.
   <= 1e-2 of its start.
 - hyperclean / hyperrep (mnist5k, 8 workers, iid): ROUNDS_ML rounds (FED_ROUNDS_ML outer
   iterations); metric test_acc, target: start + TARGET_GAIN (absolute).
-Columns: start -> end of the metric, the status (ok / above start / NaN at round k), the round and
-the up-link bits at the first evaluation meeting the target.
+Columns: start -> end of the metric, its worst value at any later evaluation, the status (ok /
+worse than start / diverged at round k: NaN or the growth stop), the round and the up-link bits at
+the first evaluation meeting the target.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ ALGORITHMS = ["soba", "c-soba", "cm-soba", "ef-soba", "cm-soba-msc", "ef-soba-ms
               "aggitd", "fednest", "lfednest"]
 FEDERATED = {"aggitd", "fednest", "lfednest"}
 TASKS = {
-    "quadratic": {"metric": "hypergrad_norm", "rounds": 500, "fed_rounds": 50, "eval_every": 10},
+    "quadratic": {"metric": "hypergrad_norm", "rounds": 2000, "fed_rounds": 200, "eval_every": 10},
     "hyperclean": {"metric": "test_acc", "rounds": 40, "fed_rounds": 4, "eval_every": 10},
     "hyperrep": {"metric": "test_acc", "rounds": 40, "fed_rounds": 4, "eval_every": 10},
 }
@@ -70,7 +71,7 @@ def run_one(task: str, alg: str, comp: str) -> dict:
         return {"status": "refused"}
     except DivergenceError as exc:
         m = re.search(r"round (\d+)", str(exc))
-        return {"status": f"NaN at round {m.group(1) if m else '?'}", "rounds": rounds,
+        return {"status": f"diverged at round {m.group(1) if m else '?'}", "rounds": rounds,
                 "wall": time.perf_counter() - tic}
     rows = res.metrics
     start, end = rows[0][metric], rows[-1][metric]
@@ -81,9 +82,12 @@ def run_one(task: str, alg: str, comp: str) -> dict:
         ok = lambda r: r[metric] >= start + TARGET_GAIN  # noqa: E731
         better = math.isfinite(end) and end > start
     hit = next((r for r in rows if ok(r)), None)
+    later = [r[metric] for r in rows[1:]]
+    worst = (max(later) if metric == "hypergrad_norm" else min(later)) if later else start
     alg_hp = {k: v for k, v in res.config["algorithm"].items()
               if k in ("alpha", "beta", "gamma", "eta", "rho", "theta") and v is not None}
-    return {"status": "ok" if better else "worse than start", "start": start, "end": end, "rounds": rounds,
+    return {"status": "ok" if better else "worse than start", "start": start, "end": end, "worst": worst,
+            "rounds": rounds,
             "hit_round": hit["round"] if hit else None, "hit_bits": hit["bits_up"] if hit else None,
             "hp": alg_hp, "wall": time.perf_counter() - tic}
 
@@ -94,11 +98,12 @@ def fmt(v: float) -> str:
 
 def row(task: str, alg: str, comp: str, r: dict) -> str:
     if r["status"] == "refused":
-        return f"| {alg} | {comp} | refused | | | | |"
+        return f"| {alg} | {comp} | refused | | | | | |"
     se = f"{fmt(r['start'])} -> {fmt(r['end'])}" if "start" in r else "-"
+    worst = fmt(r["worst"]) if "worst" in r else "-"
     hit = (str(r["hit_round"]), f"{r['hit_bits']:.3g}") if r.get("hit_round") is not None else ("never", "-")
     hp = ", ".join(f"{k}={v:.3g}" for k, v in r.get("hp", {}).items())
-    return f"| {alg} | {comp} | {se} | {r['status']} | {hit[0]} / {r['rounds']} | {hit[1]} | {hp} |"
+    return f"| {alg} | {comp} | {se} | {worst} | {r['status']} | {hit[0]} / {r['rounds']} | {hit[1]} | {hp} |"
 
 
 def table(task: str, only: list[str] | None, log) -> list[str]:
@@ -107,8 +112,8 @@ def table(task: str, only: list[str] | None, log) -> list[str]:
               else f"test_acc >= start + {TARGET_GAIN:g}")
     lines = [f"### {task}: {spec['metric']}, {spec['rounds']} rounds ({spec['fed_rounds']} outer "
              f"iterations for the federated methods); target {target}", "",
-             "| algorithm | compressor | start -> end | status | rounds to target | bits to target "
-             "| derived hyper-parameters |", "|---|---|---|---|---|---|---|"]
+             "| algorithm | compressor | start -> end | worst after start | status | rounds to target "
+             "| bits to target | derived hyper-parameters |", "|---|---|---|---|---|---|---|---|"]
     for alg, comp in pairs(only):
         r = run_one(task, alg, comp)
         lines.append(row(task, alg, comp, r))
