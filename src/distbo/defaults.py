@@ -315,14 +315,17 @@ def _msc(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
 
 
 def _pruned(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, Any]:
-    """RABO / RAFBO: clients step on their own g_i, T times per round: beta L_g,max T <= C_LOCAL.
+    """RABO / RAFBO: clients step on their own g_i, T times per round: beta L_g,max T <= C_LOCAL;
+    the up-link compressor scales the steps as for C-SOBA (unbiased: no shifts, so the spread
+    counts; contractive: per-client error feedback, the EF21-based factor).
     With T > 1 the steps decay as 1/sqrt(k+1): a constant step leaves a client-drift neighbourhood
     proportional to it (RAFBO on the quadratic settled at 0.08 of its start, 0.01 at 1/8 of the
     steps; decaying: 2.2e-3 at round 1500, docs/defaults.md)."""
     T = getattr(hp, "local_steps", 1)
     cap = C_LOCAL / (T * dv.L_max)
-    return {"alpha": dv.base_step("alpha") / T, "beta": min(dv.base_step("beta"), cap),
-            "gamma": min(dv.base_step("gamma"), cap), "schedule": "sqrt" if T > 1 else "constant"}
+    fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
+    return {"alpha": dv.base_step("alpha") / T * fx, "beta": min(dv.base_step("beta"), cap) * fy,
+            "gamma": min(dv.base_step("gamma"), cap) * fy, "schedule": "sqrt" if T > 1 else "constant"}
 
 
 def hypergradient_messages(hp: Any) -> int:
@@ -350,7 +353,7 @@ def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, flo
     return out
 
 
-SHIFT_FREE = ("c-soba", "cm-soba")  # single-loop methods whose unbiased compression has no shifts
+SHIFT_FREE = ("c-soba", "cm-soba", "rabo", "rafbo")  # methods whose unbiased compression has no shifts
 RULES: dict[str, Callable[[Derivation, Any, Compressor], dict[str, float]]] = {
     "soba": _single_loop, "c-soba": _single_loop, "cm-soba": _single_loop, "ef-soba": _single_loop,
     "cm-soba-msc": _msc, "ef-soba-msc": _msc, "rabo": _pruned, "rafbo": _pruned,
