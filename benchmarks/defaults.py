@@ -12,7 +12,7 @@ qsgd:4, sign; a pair the algorithm refuses (ConfigError) is listed as refused.
 - quadratic (the default task: 8 heterogeneous workers, float32): 2000 rounds for the single-loop
   methods, 200 outer iterations for the federated ones; metric hypergrad_norm (exact), target
   <= 1e-2 of its start.
-- hyperclean / hyperrep (mnist5k, 8 workers, iid): ROUNDS_ML rounds (FED_ROUNDS_ML outer
+- hyperclean / hyperrep (mnist5k, 8 workers, iid): 100 rounds (10 outer
   iterations); metric test_acc, target: start + TARGET_GAIN (absolute).
 Columns: start -> end of the metric, its worst value at any later evaluation, the status (ok /
 worse than start / diverged at round k: NaN or the growth stop), the round and the up-link bits at
@@ -42,8 +42,8 @@ ALGORITHMS = ["soba", "c-soba", "cm-soba", "ef-soba", "cm-soba-msc", "ef-soba-ms
 FEDERATED = {"aggitd", "fednest", "lfednest"}
 TASKS = {
     "quadratic": {"metric": "hypergrad_norm", "rounds": 2000, "fed_rounds": 200, "eval_every": 10},
-    "hyperclean": {"metric": "test_acc", "rounds": 40, "fed_rounds": 4, "eval_every": 10},
-    "hyperrep": {"metric": "test_acc", "rounds": 40, "fed_rounds": 4, "eval_every": 10},
+    "hyperclean": {"metric": "test_acc", "rounds": 100, "fed_rounds": 10, "eval_every": 10},
+    "hyperrep": {"metric": "test_acc", "rounds": 100, "fed_rounds": 10, "eval_every": 10},
 }
 QUAD_TARGET = 1e-2  # relative to the start
 TARGET_GAIN = 0.3  # test accuracy: start + this

@@ -9,8 +9,8 @@ import torch
 
 import distbo
 from distbo.compressors import make_compressor, multi_step
-from distbo.defaults import (compressor_factor, contraction, ef21_factor, estimate_constants, resolve_hyper,
-                             sign_contraction)
+from distbo.defaults import (compressor_factor, contraction, ef21_factor, estimate_constants, measured_contraction,
+                             resolve_hyper)
 from distbo.problems.registry import make
 from distbo.runner import resolve
 from helpers import SoftplusProblem
@@ -53,21 +53,30 @@ def test_compressor_factors_follow_diana_and_ef21():
     # multi-step: delta_R = 1 - (1 - delta)^R; rand-K's contractive form has delta = 1/(1+omega)
     assert contraction(multi_step(topk, 3), d) == pytest.approx(1 - 0.9**3)
     assert contraction(multi_step(randk, 2), d) == pytest.approx(1 - 0.9**2)
-    # scaled sign: ||u||_1^2 / (d ||u||^2) on the given rows (1 for a flat row, 1/d for a 1-sparse one)
+    # measured on rows, the smallest 1 - ||C(u) - u||^2 / ||u||^2: scaled sign ||u||_1^2 / (d ||u||^2)
+    # (1 for a flat row, 1/d for a 1-sparse one); top-K the K largest coordinates' share of ||u||^2
+    sign = make_compressor("sign")
     rows = torch.tensor([[1.0, -1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-    assert sign_contraction(rows) == pytest.approx(0.5)
-    assert sign_contraction(torch.zeros(2, 4)) == 0.25
+    assert measured_contraction(sign, rows) == pytest.approx(0.5)
+    assert measured_contraction(sign, torch.zeros(2, 4)) == 0.25
+    top1 = make_compressor("topk:1")
+    rows = torch.tensor([[3.0, 0.0, 4.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    assert measured_contraction(top1, rows) == pytest.approx(0.25)  # the flat row: K/d
+    assert measured_contraction(top1, rows[:1]) == pytest.approx(16 / 25)
+    assert contraction(top1, 4, measured=0.1) == 0.25  # never below the worst case
 
 
 def test_derived_values_are_recorded_and_a_user_value_wins(tmp_path):
     res = distbo.run("quadratic", "ef-soba", compressor="topk:0.1", rounds=2, out=tmp_path / "a")
     conf = json.loads((tmp_path / "a" / "config.json").read_text())
     alg, der = conf["algorithm"], conf["derived"]
-    assert der["source"] == "closed form" and der["delta"] == {"x": 0.1, "y": 0.1}
+    # top-K's contraction is measured on the start directions, never below its worst case K/d
+    assert der["source"] == "closed form" and der["delta_source"] == "measured on the start directions"
+    assert der["delta"]["x"] > 0.1 and der["delta"]["y"] > 0.1
     assert set(der["derived"]) == {"alpha", "beta", "gamma", "rho"} and alg["rho"] == 1.0
-    f = ef21_factor(0.1) ** 0.5
-    assert alg["beta"] == pytest.approx(f / der["L_g"], rel=1e-3) == alg["gamma"]
-    assert alg["alpha"] == pytest.approx(0.5 * f / der["L_phi"], rel=1e-3)
+    fx, fy = (ef21_factor(der["delta"][k]) ** 0.5 for k in "xy")
+    assert alg["beta"] == pytest.approx(fy / der["L_g"], rel=1e-3) == alg["gamma"]
+    assert alg["alpha"] == pytest.approx(0.5 * fx / der["L_phi"], rel=1e-3)
     assert res.config["algorithm"] == alg
     distbo.run("quadratic", {"name": "ef-soba", "beta": 0.05}, compressor="topk:0.1", rounds=2, out=tmp_path / "b")
     conf = json.loads((tmp_path / "b" / "config.json").read_text())

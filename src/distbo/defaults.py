@@ -32,7 +32,7 @@ from torch.func import grad, vjp, vmap
 from torch.utils._pytree import tree_map
 
 from . import rng
-from .compressors import Compressor, Sign, make_compressor, multi_step
+from .compressors import Compressor, Sign, TopK, make_compressor, multi_step
 from .compressors.multistep import MultiStep
 from .oracles import Oracles
 from .problems.base import Problem
@@ -202,26 +202,30 @@ def spread(rows: Tensor) -> float:
     return float((rows * rows).sum(-1).mean() / (mean @ mean)) if float(mean @ mean) > 0 else math.inf
 
 
-def sign_contraction(rows: Tensor) -> float:
-    """The smallest ||u||_1^2 / (d ||u||^2) over non-zero rows: scaled sign's contraction on them
-    (its worst case 1/d holds for 1-sparse vectors only); 1/d if every row is zero."""
+def measured_contraction(c: Compressor, rows: Tensor) -> float:
+    """The smallest 1 - ||C(u) - u||^2 / ||u||^2 over the non-zero rows u: a deterministic
+    contractive compressor's contraction on them (scaled sign: ||u||_1^2 / (d ||u||^2); top-K: the
+    K largest coordinates' share of ||u||^2). Their worst cases, 1/d and K/d, hold for 1-sparse
+    and for flat vectors only; 1/d if every row is zero."""
     rows = rows.double()
     sq = (rows * rows).sum(-1)
     keep = sq > 0
     if not bool(keep.any()):
         return 1.0 / rows.shape[-1]
-    return float((rows.abs().sum(-1)[keep] ** 2 / (rows.shape[-1] * sq[keep])).min())
+    u = rows[keep]
+    err = ((c(u, torch.zeros(u.shape[0], dtype=torch.int64)) - u) ** 2).sum(-1)
+    return float((1.0 - err / sq[keep]).min())
 
 
 # ----- 2./3. compressor factors -----
 def contraction(c: Compressor, d: int, measured: float | None = None) -> float:
-    """delta of a contractive compressor (scaled sign: ``measured``, when given), or of C/(1+omega)
-    for an unbiased one; multi-step: 1 - (1 - delta)^R."""
+    """delta of a contractive compressor (``measured`` on the start directions, when given, floored
+    at the worst case), or of C/(1+omega) for an unbiased one; multi-step: 1 - (1 - delta)^R."""
     if isinstance(c, MultiStep):
         return 1.0 - (1.0 - contraction(c.inner, d, measured)) ** c.steps
     if c.kind == "exact":
         return 1.0
-    if isinstance(c, Sign) and measured is not None:
+    if c.kind == "contractive" and measured is not None:
         return max(measured, c.delta(d))
     return c.delta(d)
 
@@ -248,8 +252,11 @@ def compressor_factor(c: Compressor, d: int, n: int, measured: float | None = No
     return math.sqrt(ef21_factor(contraction(c, d, measured)))
 
 
-def uses_sign(c: Compressor) -> bool:
-    return isinstance(c.inner if isinstance(c, MultiStep) else c, Sign)
+def measurable(c: Compressor) -> Compressor | None:
+    """The deterministic contractive compressor (sign, top-K) whose contraction is measured on the
+    start directions (a multi-step compressor's inner one), else None."""
+    inner = c.inner if isinstance(c, MultiStep) else c
+    return inner if isinstance(inner, (Sign, TopK)) else None
 
 
 # ----- the rules -----
@@ -265,7 +272,7 @@ class Derivation:
         # kappa-based ratio stalls x: 0.5 mu_g / L_g^2 = 3e-5 on hyperrep, where 0.1 is measured to work)
         self.alpha0 = C_X / (constants.get("L_phi") or max(L, constants.get("L_f_xx", 0.0)))
         self.beta0 = C_Y / L
-        self.sign_delta: dict[int, float] = {}  # d -> scaled sign's contraction on the start directions
+        self.delta: dict[int, float] = {}  # d -> sign's / top-K's contraction on the start directions
         self.spread: dict[int, float] = {}  # d -> the workers' spread on the start directions
 
     def base_step(self, name: str) -> float:
@@ -273,20 +280,21 @@ class Derivation:
             return float(self.base[name])
         return self.alpha0 if name == "alpha" else self.beta0
 
-    def measure(self, seed: int, sign: bool, spreads: bool) -> None:
-        """Scaled sign's contraction (the smallest) and the workers' spread (the largest) per
-        dimension, on the start directions: x on D_x, y on D_y and D_v (one dict entry when d_x = d_y)."""
+    def measure(self, seed: int, contractive: Compressor | None, spreads: bool) -> None:
+        """A contractive compressor's contraction (the smallest) and the workers' spread (the
+        largest) per dimension, on the start directions: x on D_x, y on D_y and D_v (one dict entry
+        when d_x = d_y)."""
         D = start_directions(self.p, seed)
         by_dim: dict[int, list[Tensor]] = {}
         for name, rows in D.items():
             by_dim.setdefault(self.p.d_x if name == "x" else self.p.d_y, []).append(rows)
-        if sign:
-            self.sign_delta = {d: min(sign_contraction(r) for r in rs) for d, rs in by_dim.items()}
+        if contractive is not None:
+            self.delta = {d: min(measured_contraction(contractive, r) for r in rs) for d, rs in by_dim.items()}
         if spreads:
             self.spread = {d: max(spread(r) for r in rs) for d, rs in by_dim.items()}
 
     def factor(self, c: Compressor, d: int) -> float:
-        return compressor_factor(c, d, self.n, self.sign_delta.get(d), self.spread.get(d, 1.0))
+        return compressor_factor(c, d, self.n, self.delta.get(d), self.spread.get(d, 1.0))
 
 
 def _single_loop(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
@@ -377,8 +385,8 @@ def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, se
     consts = problem_constants(problem, seed)
     dv = Derivation(problem, c, consts, base, max(1, round(fraction * problem.n_workers)))
     spreads = algorithm in SHIFT_FREE and c.kind == "unbiased"
-    if uses_sign(c) or spreads:
-        dv.measure(seed, sign=uses_sign(c), spreads=spreads)
+    if measurable(c) is not None or spreads:
+        dv.measure(seed, measurable(c), spreads)
     values = {k: round_sig(v) if isinstance(v, float) else v for k, v in RULES[algorithm](dv, hp, c).items()
               if k in todo}
     info = {**{k: (round_sig(v) if isinstance(v, float) else v) for k, v in consts.items()},
@@ -394,6 +402,6 @@ def _compressor_inputs(c: Compressor, dv: Derivation) -> dict[str, Any]:
                 **({"spread": {k: round_sig(dv.spread[d]) for k, d in dims.items()},
                     "spread_source": "measured on the start directions"} if dv.spread else {})}
     if c.kind == "contractive":
-        return {"delta": {k: round_sig(contraction(c, d, dv.sign_delta.get(d))) for k, d in dims.items()},
-                **({"delta_source": "measured on the start directions"} if dv.sign_delta else {})}
+        return {"delta": {k: round_sig(contraction(c, d, dv.delta.get(d))) for k, d in dims.items()},
+                **({"delta_source": "measured on the start directions"} if dv.delta else {})}
     return {}
