@@ -174,20 +174,26 @@ def test_claim3_points_are_the_minimum_so_far_and_the_fit_finds_the_slope(tmp_pa
     assert {r["Q"] for r in recs} == {10, 30, 100, 320, 1000}
     assert all(r["measure"] == pytest.approx((r["C_x* Q"]) ** -0.5) for r in recs)
     (fit,) = pruning.fit_table(pts, {}).records()
-    assert fit["slope vs C_x* Q"] == pytest.approx(-0.5) and fit["holds"] is True
+    assert fit["slope vs C_x* Q"] == pytest.approx(-0.5) and fit["holds"] is True and fit["rate"] == "as claimed"
     assert fit["exponent of Q"] == pytest.approx(-0.5) and fit["exponent of C_x*"] == pytest.approx(-0.5)
 
 
-def _fits(slope):
+def _fits(slope, c_exponent=None):
+    c = slope if c_exponent is None else c_exponent
     return Table("claim3", "t", pruning.FIT_HEADER,
-                 [["quadratic", "identical", "rabo", "m", "1/2/4/8", 24, slope, slope, -0.1, None]])
+                 [["quadratic", "identical", "rabo", "m", "1/2/4/8", 24, slope, slope, c, None, None]])
 
 
 def test_claim3_verdict_follows_the_numbers():
-    assert "holds:" in pruning.verdict(_fits(-0.52)) and "1 of 1" in pruning.verdict(_fits(-0.52))
+    yes = pruning.verdict(_fits(-0.52))
+    assert "holds:" in yes and "1 of 1 settings" in yes and "in 1 [" in yes and "as claimed" in yes
+    fast = pruning.verdict(_fits(-1.0))  # a bound: falling faster supports it
+    assert "holds:" in fast and "within 0.15 of -1/2 in 0" in fast and "-1.00 (Q -1.00, C_x* -1.00) faster" in fast
     flat = pruning.verdict(_fits(-0.1))
     assert "does not hold" in flat and "0 of 1" in flat and "quadratic identical rabo -0.10" in flat
     assert "holds" in pruning.verdict(_fits(-0.1), tol=0.5)
+    no_c = pruning.verdict(_fits(-0.5, c_exponent=-0.05))  # the rate does not follow C_x*
+    assert "does not hold" in no_c
 
 
 def test_rabo_hypergrad_proxy_is_the_exact_hypergradient_at_y_star_v_star():
