@@ -3,6 +3,7 @@
     python benchmarks/federated.py                    # both parts (1-2 hours on a busy 2-core box)
     python benchmarks/federated.py --part quadratic   # heterogeneity sweep only
     python benchmarks/federated.py --part hyperrep    # hyper-representation only (if registered)
+    python benchmarks/federated.py --defaults         # every step size derived (docs/defaults.md)
 
 quadratic: task.heterogeneity in {0, 0.5, 1, 2}, 8 workers, d_x = 10, d_y = 20, deterministic
   oracles, float64. Cost until ||grad Phi(x)|| <= eps ||grad Phi(x_0)|| (eps = 1e-1, 1e-2; the
@@ -19,6 +20,8 @@ quadratic: task.heterogeneity in {0, 0.5, 1, 2}, 8 workers, d_x = 10, d_y = 20, 
 hyperrep: hyper-representation (MLP 784-64-10, hidden layer = x, head = y) on mnist5k split over
   10 clients by shards:2 (two labels per client); cost until the test accuracy first reaches each
   target. Task defaults for SOBA; local / Neumann steps 0.1 for the federated methods.
+--defaults drops every step size (alpha, beta, gamma, eta) from the methods above, so each runs
+at its derived defaults; the structure (N, T, tau, theta) stays.
 Bits are the up-link bits summed over clients; rounds are worker->server exchanges.
 """
 from __future__ import annotations
@@ -89,10 +92,18 @@ def fmt_cost(row) -> tuple[str, str]:
     return str(row["comm_rounds"]), f"{row['bits_up'] / 8e6:.3g}"
 
 
+STEPS = ("alpha", "beta", "gamma", "eta")
+DEFAULTS = False  # --defaults: every step size derived
+
+
 def available(methods, only: list[str] | None = None):
-    """The registered methods (whose label contains one of ``only``, if given)."""
-    return [m for m in methods if m[1]["name"] in ALGORITHMS.names()
-            and (not only or any(o.lower() in m[0].lower() for o in only))]
+    """The registered methods (whose label contains one of ``only``, if given); with --defaults,
+    without their step sizes."""
+    picked = [m for m in methods if m[1]["name"] in ALGORITHMS.names()
+              and (not only or any(o.lower() in m[0].lower() for o in only))]
+    if DEFAULTS:
+        picked = [(label, {k: v for k, v in alg.items() if k not in STEPS}, comp) for label, alg, comp in picked]
+    return picked
 
 
 def quadratic(budget: int, max_iters: int, levels: list[float], only: list[str] | None) -> None:
@@ -152,7 +163,10 @@ def main() -> None:
     ap.add_argument("--rep-budget", type=int, default=1100, help="comm rounds per hyperrep run")
     ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.85, 0.9])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--defaults", action="store_true", help="every step size derived (none set)")
     a = ap.parse_args()
+    global DEFAULTS
+    DEFAULTS = a.defaults
     if a.part in ("quadratic", "all"):
         quadratic(a.budget, a.max_iters, a.levels, a.only)
     if a.part in ("hyperrep", "all"):
