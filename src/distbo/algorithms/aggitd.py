@@ -41,6 +41,7 @@ class AggITDState(NamedTuple):
     x: Tensor
     y: Tensor  # the server's (averaged) lower-level variable, the warm start y^0
     down: Any = ()  # the clients' public copies of x and y (compressed down-link)
+    up: Any = ()  # the clients' up-link error-feedback residuals (contractive compressor)
 
 
 class AggITD(FederatedAlgorithm):
@@ -49,16 +50,20 @@ class AggITD(FederatedAlgorithm):
 
     def init(self) -> AggITDState:
         x, y = self.x0y0()
-        return AggITDState(x, y, self.copies(x, y))
+        return AggITDState(x, y, self.copies(x, y), self.residuals())
 
     def channels(self) -> dict[str, int]:
         return {f"v/{r}": self.problem.d_y for r in range(self.hp.inner_rounds)}
 
+    def uplink_channels(self) -> dict[str, int]:
+        N, d = self.hp.inner_rounds, self.problem.d_y
+        return {**{f"dy/{r}": d for r in range(N)}, **{f"v/{r}": d for r in range(N)}, "h/0": self.problem.d_x}
+
     def step(self, s: AggITDState, t: int) -> AggITDState:
-        fr = self.begin(t, s.down, x=s.x, y=s.y)
+        fr = self.begin(t, s.down, s.up, x=s.x, y=s.y)
         g = [fr.batches("g", self.hp.local_steps) for _ in range(self.hp.inner_rounds)]
         grad, y = self.hypergradient(fr, s.x, s.y, g, fr.batch("f"))
-        return AggITDState(s.x - self.hp.alpha * grad, y, self.copies_after(fr))
+        return AggITDState(s.x - self.hp.alpha * grad, y, self.copies_after(fr), self.residuals_after(fr))
 
     def hypergradient(self, fr: FedRound, x: Tensor, y: Tensor, g: list[list[Batch | None]],
                       f: Batch | None) -> tuple[Tensor, Tensor]:

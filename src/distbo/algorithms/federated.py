@@ -123,6 +123,11 @@ class FedRound:
         self.rounds = 0  # exchanges so far
         self.down: CompressedDownlink | None = getattr(alg, "downlink", None)
         self.held: dict[str, Tensor] = {}  # the clients' copies of the channels (compressed down-link)
+        # up-link error feedback (contractive C): each hosted client's residual per up-link channel
+        self.ef = ctx.compressor.kind == "contractive"
+        self.errors: dict[str, Tensor] = {}
+        self.posted: dict[str, int] = {}  # messages per name so far (the position of a per-round vector)
+        self.rows = torch.nonzero(torch.isin(alg.workers, self.ids)).squeeze(1)  # the participants' rows
         self.sent: dict[str, int] = {}  # broadcasts per name so far (the position of a per-round vector)
         self.casts = 0  # compressed broadcasts so far (one sub-key each)
 
@@ -137,18 +142,32 @@ class FedRound:
     def batches(self, level: str, count: int) -> list[Batch | None]:
         return [self.batch(level) for _ in range(count)]
 
-    def message(self, var: int, u: Tensor) -> Message:
+    def message(self, var: int, name: str, u: Tensor) -> Message:
         """Rows [n, d] -> compressed Payload; with the identity compressor Dense rows, or a
-        DenseSum when ``u`` is already the local sum [d] (oracles with reduce=True)."""
+        DenseSum when ``u`` is already the local sum [d] (oracles with reduce=True). A contractive
+        C gets error feedback per client and up-link channel (EF14: send C(u + e), keep
+        e <- u + e - C(u + e)): without it top-K biases every message, and AggITD's hypergradient
+        settled away from the solution (docs/defaults.md)."""
         if self.exact:
             return Dense(u) if u.dim() == 2 else DenseSum(u, self.n)
         if u.dim() != 2:
             raise ValueError("a compressed message needs one row per participant")
-        return self.compressor.compress(u, self.alg.compress_keys(self.t, var, self.ids, self.rounds))
+        keys = self.alg.compress_keys(self.t, var, self.ids, self.rounds)
+        if not self.ef:
+            return self.compressor.compress(u, keys)
+        ch = channel(name, self.posted.get(name, 0), up=True)
+        self.posted[name] = self.posted.get(name, 0) + 1
+        err = self.errors[ch]
+        m = u + err[self.rows].to(u.dtype)
+        payload = self.compressor.compress(m, keys)
+        err = err.clone()
+        err[self.rows] = (m - payload.decoded().to(m.dtype)).to(err.dtype)
+        self.errors[ch] = err
+        return payload
 
     def exchange(self, rows: dict[str, Tensor]) -> dict[str, Tensor]:
         """One worker->server round: the server's mean of each message over all participants."""
-        msgs = {name: self.message(var, u) for var, (name, u) in enumerate(rows.items())}
+        msgs = {name: self.message(var, name, u) for var, (name, u) in enumerate(rows.items())}
         self.rounds += 1
         return self.comm.exchange(msgs)
 
@@ -179,9 +198,9 @@ class FedRound:
 STATE_CHANNELS = ("x", "y")
 
 
-def channel(name: str, position: int) -> str:
-    """The down-link channel of the ``position``-th broadcast of ``name`` in a round."""
-    return name if name in STATE_CHANNELS else f"{name}/{position}"
+def channel(name: str, position: int, up: bool = False) -> str:
+    """The channel of the ``position``-th broadcast (``up``: message) of ``name`` in a round."""
+    return name if name in STATE_CHANNELS and not up else f"{name}/{position}"
 
 
 class FederatedAlgorithm(Algorithm):
@@ -198,22 +217,40 @@ class FederatedAlgorithm(Algorithm):
         """The per-round vectors' down-link channels (name -> dimension), besides x and y."""
         return {}
 
+    def uplink_channels(self) -> dict[str, int]:
+        """The clients' messages of one round (channel -> dimension): the up-link error-feedback
+        residuals a contractive compressor needs."""
+        return {}
+
+    def residuals(self) -> Any:
+        """The up-link's state before round 0: every hosted client's zero residual per channel
+        (() unless the compressor is contractive)."""
+        if self.ctx.compressor.kind != "contractive":
+            return ()
+        n, dtype = int(self.workers.numel()), self.problem.dtype
+        return {k: torch.zeros(n, d, dtype=dtype) for k, d in self.uplink_channels().items()}
     def copies(self, x: Tensor, y: Tensor) -> Any:
         """The down-link's state before round 0: every channel's copy (() if uncompressed)."""
         if self.downlink is None:
             return ()
         return {"x": x, "y": y, **{k: torch.zeros(d, dtype=x.dtype) for k, d in self.channels().items()}}
 
-    def begin(self, t: int, down: Any = (), **server: Tensor) -> FedRound:
-        """Open outer iteration t with the clients' copies ``down`` and send the server's state."""
+    def begin(self, t: int, down: Any = (), up: Any = (), **server: Tensor) -> FedRound:
+        """Open outer iteration t with the clients' copies ``down`` and up-link residuals ``up``,
+        and send the server's state."""
         fr = FedRound(self, t)
         fr.held = dict(down) if down else {}
+        fr.errors = dict(up) if up else {}
         fr.broadcast(server)
         return fr
 
     def copies_after(self, fr: FedRound) -> Any:
         """The down-link's state after the round (() if uncompressed)."""
         return () if self.downlink is None else fr.held
+
+    def residuals_after(self, fr: FedRound) -> Any:
+        """The up-link's state after the round (() unless contractive)."""
+        return fr.errors if fr.ef else ()
 
 
 def local_steps(clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batch | None], beta: float,

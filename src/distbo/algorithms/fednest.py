@@ -60,6 +60,7 @@ class FedNestState(NamedTuple):
     x: Tensor
     y: Tensor  # the server's lower-level variable (warm start of FedInn)
     down: Any = ()  # the clients' public copies of x and y (compressed down-link)
+    up: Any = ()  # the clients' up-link error-feedback residuals (contractive compressor)
 
 
 class FedNest(FederatedAlgorithm):
@@ -68,7 +69,20 @@ class FedNest(FederatedAlgorithm):
 
     def init(self) -> FedNestState:
         x, y = self.x0y0()
-        return FedNestState(x, y, self.copies(x, y))
+        return FedNestState(x, y, self.copies(x, y), self.residuals())
+
+    def uplink_channels(self) -> dict[str, int]:
+        hp, d, dx = self.hp, self.problem.d_y, self.problem.d_x
+        T = hp.inner_rounds
+        out = {f"dy/{r}": d for r in range(T)}
+        if self.svrg_inner:  # FedNest: FedInn's gradients, FedIHGP's b and products, FedOut's h
+            if hp.inner == "svrg":
+                out.update({f"q/{r}": d for r in range(T)})
+            out.update({"b/0": d, **{f"hp/{k}": d for k in range(hp.neumann_terms)}})
+            if hp.outer == "local-svrg":
+                out["dx/0"] = dx
+        out["h/0"] = dx
+        return out
 
     def channels(self) -> dict[str, int]:
         hp, d = self.hp, self.problem.d_y
@@ -80,9 +94,9 @@ class FedNest(FederatedAlgorithm):
         return out
 
     def step(self, s: FedNestState, t: int) -> FedNestState:
-        fr = self.begin(t, s.down, x=s.x, y=s.y)
+        fr = self.begin(t, s.down, s.up, x=s.x, y=s.y)
         y = self.fedinn(fr, s.x, s.y)
-        return FedNestState(self.update_x(fr, s.x, y), y, self.copies_after(fr))
+        return FedNestState(self.update_x(fr, s.x, y), y, self.copies_after(fr), self.residuals_after(fr))
 
     def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
         """FedIHGP then FedOut; the server's new x."""
