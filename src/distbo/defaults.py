@@ -362,9 +362,10 @@ def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, flo
 
 
 SHIFT_FREE = ("c-soba", "cm-soba", "rabo", "rafbo")  # methods whose unbiased compression has no shifts
-# methods whose messages are not the SOBA directions, so top-K's share measured on those does not
-# carry over (AggITD top-K 10% on the quadratic: 4.36 -> 5.95 at the measured share, 3.92 at K/d);
-# scaled sign's measured contraction does (measured: docs/defaults.md)
+# methods whose messages (local-step deltas, Neumann products, backward vectors) are not the SOBA
+# directions on which top-K's share is measured: they keep top-K's worst case K/d (a conservative
+# choice; with up-link error feedback every federated top-K pair ends well below its start at it,
+# docs/defaults.md); scaled sign keeps its measured contraction, whose worst case 1/d would stall them
 FEDERATED = ("aggitd", "fednest", "lfednest")
 RULES: dict[str, Callable[[Derivation, Any, Compressor], dict[str, float]]] = {
     "soba": _single_loop, "c-soba": _single_loop, "cm-soba": _single_loop, "ef-soba": _single_loop,
