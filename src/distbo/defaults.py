@@ -46,6 +46,7 @@ C_X = 0.5  # alpha0 = C_X / L_Phi
 C_OMEGA = 1.0  # unbiased compressors: steps / (1 + C_OMEGA omega / n)
 C_LOCAL = 1.0  # local steps: tau * beta * L_g,max <= C_LOCAL
 C_AVERAGE = 2.0  # moving average theta < 1: alpha x min(1, C_AVERAGE theta)
+C_OWN = 0.5  # LFedNest's Neumann step on each client's own Hessian: C_OWN / L_g,max
 _KEY = 0xDEFA  # random stream of the estimation (batches, start vectors)
 
 
@@ -356,8 +357,11 @@ def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, flo
     out = {"alpha": dv.base_step("alpha") * fx,
            "beta": min(dv.base_step("beta"), C_LOCAL / (hp.local_steps * dv.L_max)) * fy}
     if "eta" in type(hp).model_fields:  # Neumann step: global products (FedNest) or the client's own
-        L = dv.L_max if "inner" not in type(hp).model_fields else dv.L
-        out["eta"] = dv.base.get("eta", 1.0 / L) * fy
+        # LFedNest's products are one client's minibatch Hessian, unsmoothed by the mean over
+        # clients: eta = C_OWN / L_g,max (at 1 / L_g,max it diverged at outer iteration 12 on
+        # hyperrep with shards:2 label skew; docs/defaults.md)
+        eta = C_OWN / dv.L_max if "inner" not in type(hp).model_fields else 1.0 / dv.L
+        out["eta"] = dv.base.get("eta", eta) * fy
     return out
 
 

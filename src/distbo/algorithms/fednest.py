@@ -46,7 +46,7 @@ class LFedNestParams(FederatedParams):
     neumann_terms: int = Field(10, ge=0, le=10_000, description="N: Neumann series terms")
     eta: float | None = Field(None, gt=0, le=100, description="Neumann series step (below 1/L of g)",
                               json_schema_extra=derived("fednest: 1/L_g x compressor factor on d_y; "
-                                                        "lfednest (own Hessians): 1/L_g,max"))
+                                                        "lfednest (own Hessians): 0.5/L_g,max"))
 
 
 class FedNestParams(LFedNestParams):
