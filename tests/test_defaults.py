@@ -174,3 +174,11 @@ def test_derived_steps_make_the_deterministic_iteration_contract(seed):
     if seed == 5:
         q = Quadratic(workers=8, heterogeneity=0.0, seed=5, dtype=torch.float64)
         assert torch.linalg.eigvals(_iteration_matrix(q, 0.1, 0.3, 0.3, 0.1)).abs().max() > 1
+
+
+def test_lfednest_neumann_step_is_half_the_own_hessians_bound():
+    """LFedNest's products are one client's minibatch Hessian: eta = 0.5 / L_g,max (1 / L_g,max
+    diverged at outer iteration 12 on hyperrep with shards:2, docs/defaults.md)."""
+    p = SoftplusProblem(workers=4)
+    res, _ = resolve({"algorithm": {"name": "lfednest"}, "workers": 4, "dtype": "float64"}, p)
+    assert res.algorithm.eta == pytest.approx(0.5 / res.derived["L_g_max"], rel=1e-3)
