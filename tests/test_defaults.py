@@ -182,3 +182,12 @@ def test_lfednest_neumann_step_is_half_the_own_hessians_bound():
     p = SoftplusProblem(workers=4)
     res, _ = resolve({"algorithm": {"name": "lfednest"}, "workers": 4, "dtype": "float64"}, p)
     assert res.algorithm.eta == pytest.approx(0.5 / res.derived["L_g_max"], rel=1e-3)
+
+
+def test_rafbo_schedule_is_derived_and_a_user_value_wins():
+    res, _ = resolve({"algorithm": {"name": "rafbo"}, "workers": 8})
+    assert res.algorithm.schedule == "sqrt" and "schedule" in res.derived["derived"]
+    res, _ = resolve({"algorithm": {"name": "rafbo", "local_steps": 1}, "workers": 8})
+    assert res.algorithm.schedule == "constant"
+    res, _ = resolve({"algorithm": {"name": "rafbo", "schedule": "constant"}, "workers": 8})
+    assert res.algorithm.schedule == "constant" and "schedule" not in res.derived["derived"]
