@@ -191,3 +191,7 @@ def test_rafbo_schedule_is_derived_and_a_user_value_wins():
     assert res.algorithm.schedule == "constant"
     res, _ = resolve({"algorithm": {"name": "rafbo", "schedule": "constant"}, "workers": 8})
     assert res.algorithm.schedule == "constant" and "schedule" not in res.derived["derived"]
+    # a derived Literal field (Literal[...] | None) takes its strings and names them when refused
+    from distbo.errors import ConfigError
+    with pytest.raises(ConfigError, match="algorithm.schedule: .*expected one of 'constant', 'sqrt'"):
+        resolve({"algorithm": {"name": "rafbo", "schedule": "bogus"}, "workers": 8})

@@ -63,8 +63,10 @@ class Registry:
 def _scalar_types(annotation: Any) -> tuple[set, Any]:
     """(the plain scalar types a field accepts, the element annotation if it is a list)."""
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return {a for a in typing.get_args(annotation) if a in (bool, int, float, str, type(None))}, None
+    if origin in (typing.Union, types.UnionType):  # a Literal member accepts its values' types
+        args = typing.get_args(annotation)
+        literal = {type(v) for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)}
+        return {a for a in args if a in (bool, int, float, str, type(None))} | literal, None
     if origin is list:
         return set(), (typing.get_args(annotation) or (Any,))[0]
     return ({annotation} if annotation in (bool, int, float, str) else set()), None
@@ -134,6 +136,8 @@ def _describe_field(model: type[BaseModel], name: Any) -> str:
     if info is None:
         return ""
     ann = info.annotation
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):  # Literal[...] | None: the Literal
+        ann = next((a for a in typing.get_args(ann) if typing.get_origin(a) is typing.Literal), ann)
     if typing.get_origin(ann) is typing.Literal:
         text = "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
     else:
