@@ -105,7 +105,7 @@ def along_descent(problem: Problem, seed: int, steps: int, dtype: torch.dtype) -
 def upper_curvature(problem: Problem, x: Tensor, y: Tensor, seed: int, steps: int) -> float:
     """|largest eigenvalue| of the workers' mean H_xx of f at (x, y) by power iteration, on one
     f-batch per worker: the scale of x's own curvature, which stands in for L_Phi where that is
-    unknown (measured 4.6 against L_Phi = 5.8 on the quadratic; 7.0 against L_g = 0.72 on a small
+    unknown (measured 4.6 against L_Phi = 5.8 on the quadratic; 8.3 against L_g = 0.72 on a small
     hyperrep, where a step of 0.5 / L_g diverged every single-loop method, docs/defaults.md)."""
     n = problem.n_workers
     batch = problem.sample("f", torch.arange(n), rng.key(seed, _KEY, 2))

@@ -160,9 +160,8 @@ class FedRound:
         err = self.errors[ch]
         m = u + err[self.rows].to(u.dtype)
         payload = self.compressor.compress(m, keys)
-        err = err.clone()
-        err[self.rows] = (m - payload.decoded().to(m.dtype)).to(err.dtype)
-        self.errors[ch] = err
+        # out of place: the previous round's state keeps its residuals
+        self.errors[ch] = err.index_put((self.rows,), (m - payload.decoded().to(m.dtype)).to(err.dtype))
         return payload
 
     def exchange(self, rows: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -229,6 +228,7 @@ class FederatedAlgorithm(Algorithm):
             return ()
         n, dtype = int(self.workers.numel()), self.problem.dtype
         return {k: torch.zeros(n, d, dtype=dtype) for k, d in self.uplink_channels().items()}
+
     def copies(self, x: Tensor, y: Tensor) -> Any:
         """The down-link's state before round 0: every channel's copy (() if uncompressed)."""
         if self.downlink is None:

@@ -35,8 +35,8 @@ import torch
 from pydantic import Field
 
 from .. import rng
-from ..oracles import FiniteDifferenceOracles, Oracles
 from ..defaults import derived
+from ..oracles import FiniteDifferenceOracles, Oracles
 from .base import (ALGORITHMS, STREAM_CLIENTS, STREAM_F, STREAM_G, Algorithm, Context, StepSizes, project_ball,
                    schedule_factor)
 from .federated import sample_clients
