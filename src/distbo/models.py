@@ -60,11 +60,28 @@ class DenseNet:
 
     def forward(self, x: Tensor | None, y: Tensor, inputs: Tensor, sizes: tuple[int, ...] | None = None) -> Tensor:
         """Logits of a batch of inputs [B, sizes[0]] (ReLU between layers)."""
-        h = inputs
-        layers = self.unflatten(x, y, sizes)
+        return self._layers_on(inputs, self.unflatten(x, y, sizes), relu_last=False)
+
+    def body(self, x: Tensor, inputs: Tensor) -> Tensor:
+        """The x-layers' output (after their ReLU) on inputs [B, sizes[0]]: the features y's layers
+        take. ``forward(x, y, a) == head(y, body(x, a))`` operation for operation (split >= 1)."""
+        s = self.sizes
+        pieces = x.split([n for l in range(self.split) for n in (s[l + 1] * s[l], s[l + 1])])
+        layers = [(pieces[2 * l].reshape(s[l + 1], s[l]), pieces[2 * l + 1]) for l in range(self.split)]
+        return self._layers_on(inputs, layers, relu_last=True)
+
+    def head(self, y: Tensor, features: Tensor) -> Tensor:
+        """Logits from the x-layers' features (see ``body``)."""
+        s, layers = self.sizes, range(self.split, self.n_layers)
+        pieces = y.split([n for l in layers for n in (s[l + 1] * s[l], s[l + 1])])
+        return self._layers_on(features, [(pieces[2 * j].reshape(s[l + 1], s[l]), pieces[2 * j + 1])
+                                          for j, l in enumerate(layers)], relu_last=False)
+
+    @staticmethod
+    def _layers_on(h: Tensor, layers: list[tuple[Tensor, Tensor]], relu_last: bool) -> Tensor:
         for l, (w, b) in enumerate(layers):
             h = h @ w.T + b
-            if l < len(layers) - 1:
+            if relu_last or l < len(layers) - 1:
                 h = torch.relu(h)
         return h
 

@@ -61,7 +61,8 @@ class AggITD(FederatedAlgorithm):
 
     def step(self, s: AggITDState, t: int) -> AggITDState:
         fr = self.begin(t, s.down, s.up, x=s.x, y=s.y)
-        g = [fr.batches("g", self.hp.local_steps) for _ in range(self.hp.inner_rounds)]
+        low = fr.at_x(fr.seen("x", s.x))  # the batches need only what its oracles read
+        g = [fr.batches("g", self.hp.local_steps, low) for _ in range(self.hp.inner_rounds)]
         grad, y = self.hypergradient(fr, s.x, s.y, g, fr.batch("f"))
         return AggITDState(s.x - self.hp.alpha * grad, y, self.copies_after(fr), self.residuals_after(fr))
 
@@ -70,9 +71,10 @@ class AggITD(FederatedAlgorithm):
         """(grad_hat, y^N) from y^0 = ``y`` on the given minibatches: ``g[r][m]`` is the local
         step m of FedAvg round r, ``f`` the upper-level sample (2N + 1 exchanges)."""
         beta, c, x = self.hp.beta, self.clients, fr.seen("x", x)
+        low = fr.at_x(x)
         iterates = []  # iterates[r][m] = y_i^{r,m} (per participant)
         for batches in g:
-            y, starts = fedavg_round(fr, c, x, y, batches, beta, keep=True)
+            y, starts = fedavg_round(fr, low, y, batches, beta, keep=True)
             iterates.append(starts)
         acc, v = c.grad_f(x, fr.seen("y", y), f)  # each client keeps grad_x F_i and adds its r_i to it
         v = fr.exchange({"v": v})["v"]
@@ -80,12 +82,11 @@ class AggITD(FederatedAlgorithm):
             v = fr.broadcast({"v": v})["v"]
             u = v.unsqueeze(0).expand(fr.n, -1)
             for m in reversed(range(len(g[r]))):
-                hx, hy = c.hvp_g(x, iterates[r][m], u, g[r][m])
-                acc = acc - beta * hx
+                acc, hy = low.hvp_onto(acc, -beta, iterates[r][m], u, g[r][m])  # acc - beta H_xy u
                 u = u - beta * hy
             if r > 0:
                 v = fr.exchange({"v": u})["v"]
-        return fr.exchange({"h": acc})["h"], y
+        return fr.exchange({"h": low.settle(acc)})["h"], y
 
 
 @ALGORITHMS.register("aggitd", AggITDParams,

@@ -51,6 +51,7 @@ from ..problems.base import Batch
 from ..registry import Params
 from .base import STREAM_CLIENTS, STREAM_COMPRESS, STREAM_F, STREAM_G, Algorithm, Context
 from .compression import CompressedDownlink
+from .fixed_x import AtX, fixed_x
 
 Tensor = torch.Tensor
 DOWN = -1  # sub-key of the down-link's broadcasts (the up-link's count exchanges from 0)
@@ -130,17 +131,28 @@ class FedRound:
         self.rows = torch.nonzero(torch.isin(alg.workers, self.ids)).squeeze(1)  # the participants' rows
         self.sent: dict[str, int] = {}  # broadcasts per name so far (the position of a per-round vector)
         self.casts = 0  # compressed broadcasts so far (one sub-key each)
+        self._at: tuple[Tensor, AtX] | None = None
 
-    def batch(self, level: str) -> Batch | None:
-        """A fresh minibatch per participant at level 'f' or 'g' (None if none is hosted here)."""
+    def at_x(self, x: Tensor) -> AtX:
+        """The participants' lower-level oracles at the x they hold (algorithms/fixed_x.py), made
+        once per x: with a representation, its features are computed once per outer iteration."""
+        if self._at is None or self._at[0] is not x:
+            self._at = (x, fixed_x(self.alg.clients, x, self.ids))
+        return self._at[1]
+
+    def batch(self, level: str, low: AtX | None = None) -> Batch | None:
+        """A fresh minibatch per participant at level 'f' or 'g' (None if none is hosted here);
+        a g-batch only for the fixed-x oracles ``low`` may leave out what they do not read."""
         sub, self.draws = self.draws, self.draws + 1
         if self.n == 0:
             return None
         k = rng.key(rng.key(self.alg.round_key(self.t), sub), STREAM_F if level == "f" else STREAM_G)
+        if low is not None and level == "g":
+            return low.sample(self.ids, k)
         return self.alg.problem.sample(level, self.ids, k)
 
-    def batches(self, level: str, count: int) -> list[Batch | None]:
-        return [self.batch(level) for _ in range(count)]
+    def batches(self, level: str, count: int, low: AtX | None = None) -> list[Batch | None]:
+        return [self.batch(level, low) for _ in range(count)]
 
     def message(self, var: int, name: str, u: Tensor) -> Message:
         """Rows [n, d] -> compressed Payload; with the identity compressor Dense rows, or a
@@ -253,7 +265,7 @@ class FederatedAlgorithm(Algorithm):
         return fr.errors if fr.ef else ()
 
 
-def local_steps(clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batch | None], beta: float,
+def local_steps(low: AtX, y: Tensor, batches: list[Batch | None], beta: float,
                 n: int, q: Tensor | None = None, keep: bool = False) -> tuple[Tensor, list[Tensor]]:
     """The participants' local steps on their copies, from the server's y (one per batch).
 
@@ -268,19 +280,19 @@ def local_steps(clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batc
     for b in batches:
         if keep:
             starts.append(Y)
-        d = clients.grad_g_y(x, Y, b)
+        d = low.grad_y(Y, b)
         if q is not None:
-            d = d - clients.grad_g_y(x, y, b) + q
+            d = d - low.grad_y(y, b) + q
         Y = Y - beta * d
     return Y, starts
 
 
-def fedavg_round(fr: FedRound, clients: ClientOracles, x: Tensor, y: Tensor, batches: list[Batch | None],
+def fedavg_round(fr: FedRound, low: AtX, y: Tensor, batches: list[Batch | None],
                  beta: float, q: Tensor | None = None, keep: bool = False) -> tuple[Tensor, list[Tensor]]:
     """Local steps from the clients' y, then one exchange of the model change; the server's new y
-    (broadcast). ``x`` and ``q`` are what the clients hold, ``y`` the server's value."""
+    (broadcast). ``low`` is at the x the clients hold, ``q`` what they hold, ``y`` the server's value."""
     held = fr.seen("y", y)
-    Y, starts = local_steps(clients, x, held, batches, beta, fr.n, q, keep)
+    Y, starts = local_steps(low, held, batches, beta, fr.n, q, keep)
     y = y - fr.exchange({"dy": held - Y})["dy"]
     fr.broadcast({"y": y})
     return y, starts

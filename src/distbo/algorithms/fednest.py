@@ -107,13 +107,13 @@ class FedNest(FederatedAlgorithm):
     def fedinn(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
         """T inner iterations from the server's y; returns the server's new y."""
         svrg = self.svrg_inner and self.hp.inner == "svrg"
-        c, x = self.clients, fr.seen("x", x)
+        low = fr.at_x(fr.seen("x", x))
         for _ in range(self.hp.inner_rounds):
             q = None
             if svrg:
-                q = fr.exchange({"q": c.grad_g_y(x, fr.seen("y", y), fr.batch("g"), reduce=fr.exact)})["q"]
+                q = fr.exchange({"q": low.grad_y(fr.seen("y", y), fr.batch("g", low), reduce=fr.exact)})["q"]
                 q = fr.broadcast({"q": q})["q"]
-            y, _ = fedavg_round(fr, c, x, y, fr.batches("g", self.hp.local_steps), self.hp.beta, q)
+            y, _ = fedavg_round(fr, low, y, fr.batches("g", self.hp.local_steps, low), self.hp.beta, q)
         return y
 
     # --- FedIHGP ---
@@ -124,12 +124,13 @@ class FedNest(FederatedAlgorithm):
         """
         c, f = self.clients, fr.batch("f")
         x, y = fr.seen("x", x), fr.seen("y", y)
+        low = fr.at_x(x)
         gx, gy = c.grad_f(x, y, f, reduce=fr.exact)
         b = fr.exchange({"b": gy})["b"]
         b = fr.broadcast({"b": b})["b"]
 
         def global_product(p: Tensor, k: int) -> Tensor:
-            hp = fr.exchange({"hp": c.hvp_g(x, y, p, fr.batch("g"), reduce=fr.exact)[1]})["hp"]
+            hp = fr.exchange({"hp": low.hvp_yy(y, p, fr.batch("g", low), reduce=fr.exact)})["hp"]
             return fr.broadcast({"hp": hp})["hp"]  # clients form p_{k+1} themselves
 
         return neumann(b, self.hp.eta, self.hp.neumann_terms, global_product), gx
@@ -144,8 +145,9 @@ class FedNest(FederatedAlgorithm):
     def fedout(self, fr: FedRound, x: Tensor, y: Tensor, v: Tensor, gx: Tensor) -> Tensor:
         """The x update from v and the clients' grad_x F_i; the server's new x (``x``: the server's)."""
         xc, y = fr.seen("x", x), fr.seen("y", y)
-        hx, _ = self.clients.hvp_g(xc, y, v, fr.batch("g"), reduce=fr.exact)
-        h = fr.exchange({"h": gx - hx})["h"]
+        low = fr.at_x(xc)
+        h, _ = low.hvp_onto(gx, -1.0, y, v, fr.batch("g", low), reduce=fr.exact)  # gx - H_xy v
+        h = fr.exchange({"h": low.settle(h)})["h"]
         if self.hp.outer == "global":
             return x - self.hp.alpha * h
         h = fr.broadcast({"h": h})["h"]
@@ -165,11 +167,11 @@ class LFedNest(FedNest):
         """Local Neumann series and hypergradient per client, one averaging round."""
         c, f = self.clients, fr.batch("f")
         xc, y = fr.seen("x", x), fr.seen("y", y)
+        low = fr.at_x(xc)
         gx, gy = c.grad_f(xc, y, f)
-        v = neumann(gy, self.hp.eta, self.hp.neumann_terms,
-                    lambda p, k: c.hvp_g(xc, y, p, fr.batch("g"))[1])
-        hx, _ = c.hvp_g(xc, y, v, fr.batch("g"))
-        return x - self.hp.alpha * fr.exchange({"h": gx - hx})["h"]
+        v = neumann(gy, self.hp.eta, self.hp.neumann_terms, lambda p, k: low.hvp_yy(y, p, fr.batch("g", low)))
+        h, _ = low.hvp_onto(gx, -1.0, y, v, fr.batch("g", low))  # gx - H_xy v
+        return x - self.hp.alpha * fr.exchange({"h": low.settle(h)})["h"]
 
 
 @ALGORITHMS.register("fednest", FedNestParams,

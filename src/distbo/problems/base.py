@@ -9,7 +9,8 @@ its data (``sample``), a starting point and an evaluation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -23,6 +24,37 @@ def take(t: torch.Tensor, workers: torch.Tensor) -> torch.Tensor:
     if n and int(workers[-1]) - int(workers[0]) == n - 1 and bool((workers.diff() == 1).all()):
         return t[int(workers[0]): int(workers[0]) + n]
     return t[workers]
+
+
+@dataclass(frozen=True)
+class Representation:
+    """An optional fact about g that lets distbo compute the lower level at a fixed x once:
+
+        g(x, y, batch) == head(features(x, batch["inputs"]), y, batch)   for every g-batch,
+
+    where ``features`` maps each sample on its own (row b of the result depends on x and
+    ``inputs[b]`` only), so the features of a worker's training samples can be computed once per
+    x and gathered by ``batch["index"]`` (their positions in the training split) for every step
+    on y (algorithms/fixed_x.py). All three are for ONE worker, like ``f`` and ``g``.
+
+    ``pool(workers)`` gives those workers' whole training shards: ``inputs`` [n, S, ...] (padded
+    to the largest shard), ``index`` [n, S] int64 (their positions; padding repeats a valid one)
+    and ``mask`` [n, S] bool (False on padding); ``samples`` is the training split's size.
+    ``sample(workers, key)``, if given, is ``sample("g", workers, key)`` without ``inputs`` (the
+    same draw): what ``head`` needs, without gathering inputs the features already hold.
+    """
+
+    features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    head: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+    pool: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    samples: int
+    sample: Callable[[torch.Tensor, torch.Tensor], Any] | None = None
+
+
+def rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[index]`` for an integer ``index`` of any shape: the same values, gathered row by row
+    (``index_select``), several times faster on CPU than advanced indexing for wide rows."""
+    return t.index_select(0, index.reshape(-1)).reshape(*index.shape, *t.shape[1:])
 
 
 class Problem(ABC):
@@ -69,6 +101,11 @@ class Problem(ABC):
         form: ``L_g`` and ``mu_g`` (largest / smallest eigenvalue of the workers' mean H_yy),
         ``L_g_max`` (largest single-worker L_g,i) and optionally ``L_phi`` (smoothness of Phi).
         None (the default): distbo estimates them by power iteration at (x0, y0)."""
+        return None
+
+    def representation(self) -> Representation | None:
+        """How g depends on x through per-sample features, if it does (``Representation``); None
+        (the default): the lower-level loops differentiate g as a whole."""
         return None
 
     # --- optional pieces a problem may provide for sub-model (pruning) algorithms ---

@@ -30,7 +30,7 @@ from ..data.sources import check_spec
 from ..errors import ConfigError
 from ..models import DenseNet
 from ..registry import Params
-from .base import Problem
+from .base import Problem, rows
 
 Tensor = torch.Tensor
 _INIT = 0x1417
@@ -115,14 +115,17 @@ class ClassificationTask(Problem):
 
     def sample(self, level, workers, key):
         """f: the worker's validation shard; g: its training shard (with global ``index``)."""
-        workers = torch.as_tensor(workers, dtype=torch.int64)
-        split = self.data.val if level == "f" else self.data.train
-        idx = split.draw(workers, key, self.batch_size)
-        labels = split.labels if level == "f" else self.train_labels()
-        batch = {"inputs": split.inputs[idx], "labels": labels[idx]}
         if level == "g":
-            batch["index"] = idx
-        return batch
+            batch = self.sample_g_index(workers, key)
+            return {"inputs": rows(self.data.train.inputs, batch["index"]), **batch}
+        workers = torch.as_tensor(workers, dtype=torch.int64)
+        idx = self.data.val.draw(workers, key, self.batch_size)
+        return {"inputs": rows(self.data.val.inputs, idx), "labels": rows(self.data.val.labels, idx)}
+
+    def sample_g_index(self, workers, key):
+        """A g-batch's labels and ``index`` without its inputs (the same draw as ``sample``)."""
+        idx = self.data.train.draw(torch.as_tensor(workers, dtype=torch.int64), key, self.batch_size)
+        return {"labels": rows(self.train_labels(), idx), "index": idx}
 
     def init(self, seed):
         key = rng.key(seed, _INIT)

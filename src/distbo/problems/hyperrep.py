@@ -23,11 +23,13 @@ import math
 from typing import Annotated, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from .. import rng
 from ..models import DenseNet
+from .base import Representation, rows
 from .classification import _INIT, ClassificationParams, ClassificationTask, Hidden
 from .module import FlatParams
 
@@ -51,6 +53,33 @@ class Hyperrep(ClassificationTask):
 
     def g(self, x, y, batch, sizes=None):
         return self.ce(x, y, batch, sizes) + self.l2_term(y)
+
+    # ----- g = head(features): the representation's features of the training samples -----
+    def features(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net.body(x, inputs)
+
+    def head_logits(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net.head(y, z)
+
+    def g_head(self, z: torch.Tensor, y: torch.Tensor, batch) -> torch.Tensor:
+        """g from the batch's features: the same operations as ``g`` after the representation."""
+        return F.cross_entropy(self.head_logits(y, z), batch["labels"]) + self.l2_term(y)
+
+    def pool(self, workers: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The workers' whole training shards, padded to the largest (see ``Representation``)."""
+        tr = self.data.train
+        workers = torch.as_tensor(workers, dtype=torch.int64)
+        size, offset = tr.size[workers], tr.offset[workers]
+        width = int(size.max()) if workers.numel() else 0
+        pos = torch.arange(width)
+        mask = pos < size.unsqueeze(-1)
+        index = offset.unsqueeze(-1) + torch.minimum(pos, size.unsqueeze(-1) - 1)
+        return {"inputs": rows(tr.inputs, index), "index": index, "mask": mask}
+
+    def representation(self) -> Representation:
+        """g depends on x through the hidden layers' features of each sample (problems/base.py)."""
+        return Representation(self.features, self.g_head, self.pool, int(self.data.train.labels.numel()),
+                              self.sample_g_index)
 
 
 def conv_body(image: tuple[int, ...], channels: list[int]) -> tuple[nn.Sequential, int]:
@@ -82,8 +111,13 @@ class HyperrepCNN(Hyperrep):
         self.d_x, self.d_y = self.up.numel, self.low.numel
 
     def logits(self, x, y, inputs, sizes=None):
-        images = inputs.reshape(*inputs.shape[:-1], *self.image)
-        return self.low.bind(y)(self.up.bind(x)(images))
+        return self.head_logits(y, self.features(x, inputs))
+
+    def features(self, x, inputs):
+        return self.up.bind(x)(inputs.reshape(*inputs.shape[:-1], *self.image))
+
+    def head_logits(self, y, z):
+        return self.low.bind(y)(z)
 
     def init(self, seed):
         """He-normal convolutions (std sqrt(2 / fan_in)) from distbo.rng, zero biases, zero head."""
