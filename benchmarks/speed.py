@@ -30,6 +30,7 @@ from collections import defaultdict
 import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
+import distbo.algorithms.fixed_x as fixed_x_mod
 import distbo.oracles as oracles_mod
 from distbo.comm.base import Communicator
 from distbo.allocator import reuse_freed_memory
@@ -121,6 +122,7 @@ def loop_compress(orig):
 def loop_mode():
     with contextlib.ExitStack() as st:
         st.enter_context(patched(oracles_mod, "vmap", loop_vmap))
+        st.enter_context(patched(fixed_x_mod, "vmap", loop_vmap))
         st.enter_context(patched(oracles_mod, "_shared", lambda *ts: False))
         st.enter_context(patched(Compressor, "compress", loop_compress(Compressor.compress)))
         yield
@@ -132,6 +134,10 @@ def timed_library(timers: Timers):
         for name in ORACLE_FUNS:
             if hasattr(oracles_mod, name):
                 st.enter_context(patched(oracles_mod, name, timers.wrap("oracles", getattr(oracles_mod, name))))
+        for cls in (fixed_x_mod.AtX, fixed_x_mod.Features):  # the federated lower level at a fixed x
+            for name in ("__init__", "grad_y", "hvp_yy", "hvp_onto", "settle"):
+                if name in vars(cls):
+                    st.enter_context(patched(cls, name, timers.wrap("oracles", vars(cls)[name])))
         st.enter_context(patched(Compressor, "compress", timers.wrap("compression", Compressor.compress)))
         st.enter_context(patched(Payload, "decoded", timers.wrap("compression", Payload.decoded)))
         for name in ("exchange", "broadcast"):
