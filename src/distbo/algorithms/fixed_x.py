@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.func import grad, vjp, vmap
 
+from ..oracles import _dims
 from ..problems.base import Batch, Representation, rows
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ class AtX:
         return acc
 
 
-def _dim(t: Tensor) -> int | None:
-    return 0 if t.dim() == 2 else None
+def _summed(head, batch: Batch):
+    """(z, y) -> sum over the participants of head(z_i, y, batch_i), at a shared y."""
+    return lambda z, y: vmap(head, in_dims=(0, None, 0))(z, y, batch).sum()
 
 
 class Features(AtX):
@@ -81,21 +83,20 @@ class Features(AtX):
     def grad_y(self, Y, batch, reduce=False):
         head, z = self.rep.head, self._z(batch)
         if reduce and Y.dim() == 1:
-            return grad(lambda y: vmap(head, in_dims=(0, None, 0))(z, y, batch).sum())(Y)
-        gy = vmap(grad(head, argnums=1), in_dims=(0, _dim(Y), 0))(z, Y, batch)
+            return grad(_summed(head, batch), argnums=1)(z, Y)
+        gy = vmap(grad(head, argnums=1), in_dims=(0, *_dims(Y), 0))(z, Y, batch)
         return gy.sum(0) if reduce else gy
 
     def _pullback(self, Y: Tensor, U: Tensor, batch: Batch, reduce: bool) -> tuple[Tensor, Tensor]:
         """(dH/dz u per sample [n, B, k], H_yy u rows or sum) from one vjp of the head's grad_y."""
         head, z = self.rep.head, self._z(batch)
         if reduce and Y.dim() == 1 and U.dim() == 1:
-            summed = lambda z_, y_: vmap(head, in_dims=(0, None, 0))(z_, y_, batch).sum()  # noqa: E731
-            return vjp(grad(summed, argnums=1), z, Y)[1](U)
+            return vjp(grad(_summed(head, batch), argnums=1), z, Y)[1](U)
 
         def one(z_, y, u, b):
             _, pull = vjp(lambda a, c: grad(head, argnums=1)(a, c, b), z_, y)
             return pull(u)
-        cz, hy = vmap(one, in_dims=(0, _dim(Y), _dim(U), 0))(z, Y, U, batch)
+        cz, hy = vmap(one, in_dims=(0, *_dims(Y, U), 0))(z, Y, U, batch)
         return cz, (hy.sum(0) if reduce else hy)
 
     def hvp_yy(self, Y, U, batch, reduce=False):
