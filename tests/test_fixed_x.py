@@ -1,7 +1,8 @@
 """The lower level at a fixed x from a Representation (algorithms/fixed_x.py) equals g's oracles.
 
-y-derivatives are the same operations as differentiating g as a whole (equal to the last bit);
-the deferred H_xy products reorder one sum (equal to rounding, float64). Whole federated runs
+y-derivatives are hyperrep's linear softmax head in closed form (problems/softmax_head.py), so they
+equal differentiating g as a whole to rounding (float64); the deferred H_xy products reorder one sum
+(equal to rounding too). Whole federated runs
 with and without the representation agree to rounding too, and the light g-batches are the same
 draw as the full ones.
 """
@@ -63,7 +64,8 @@ def test_y_derivatives_equal_g_as_a_whole(setup, reduce):
         for point in (y, Y):
             if reduce and point.dim() == 2:
                 continue
-            assert torch.equal(feat.grad_y(point, b, reduce), whole.grad_y(point, b, reduce))
+            torch.testing.assert_close(feat.grad_y(point, b, reduce), whole.grad_y(point, b, reduce),
+                                       rtol=1e-13, atol=1e-15)
             u = torch.randn(problem.d_y, generator=gen, dtype=torch.float64)
             torch.testing.assert_close(feat.hvp_yy(point, u, b, reduce), whole.hvp_yy(point, u, b, reduce),
                                        rtol=1e-13, atol=1e-15)
@@ -90,8 +92,11 @@ def test_deferred_hxy_products_equal_the_sum_of_products(setup, reduce):
 @pytest.mark.parametrize("name, extra", [("aggitd", {}), ("fednest", {"neumann_terms": 3}),
                                          ("lfednest", {"neumann_terms": 3}),
                                          ("fednest", {"neumann_terms": 2, "outer": "local-svrg"})])
-@pytest.mark.parametrize("compressor", ["identity", "topk:0.3"])
+@pytest.mark.parametrize("compressor", ["identity", "randk:0.3"])
 def test_runs_with_the_representation_equal_runs_without(monkeypatch, name, extra, compressor):
+    """rand-K, not top-K: at y = 0 the first upload holds exact ties at top-K's K-th magnitude
+    (measured: relative gap 0.0), so a difference in the last bit picks other coordinates and the
+    runs part (2e-4 in upper_loss) though both are right; rand-K's choice does not depend on values."""
     kw = dict(workers=5, rounds=12, eval_every=4, seed=2, dtype="float64", threads=1, compressor=compressor,
               clients={"fraction": 0.6})
     alg = {"name": name, "alpha": 0.1, "beta": 0.1, "inner_rounds": 2, "local_steps": 2, **extra}

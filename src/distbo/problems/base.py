@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from .softmax_head import LinearSoftmaxHead
+
 Batch = Any  # a pytree of tensors whose leading axis is the worker
 
 
@@ -42,6 +44,8 @@ class Representation:
     and ``mask`` [n, S] bool (False on padding); ``samples`` is the training split's size.
     ``sample(workers, key)``, if given, is ``sample("g", workers, key)`` without ``inputs`` (the
     same draw): what ``head`` needs, without gathering inputs the features already hold.
+    ``softmax``, if given, says ``head`` is a linear softmax head (mean cross-entropy plus
+    l2/2 ||y||^2, problems/softmax_head.py): its y-derivatives are then taken in closed form.
     """
 
     features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -49,6 +53,7 @@ class Representation:
     pool: Callable[[torch.Tensor], dict[str, torch.Tensor]]
     samples: int
     sample: Callable[[torch.Tensor, torch.Tensor], Any] | None = None
+    softmax: LinearSoftmaxHead | None = None
 
 
 def rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from ..models import DenseNet
 from .base import Representation, rows
 from .classification import _INIT, ClassificationParams, ClassificationTask, Hidden
 from .module import FlatParams
+from .softmax_head import LinearSoftmaxHead
 
 Channels = list[Annotated[int, Field(ge=1, le=4096)]]
 
@@ -78,8 +79,9 @@ class Hyperrep(ClassificationTask):
 
     def representation(self) -> Representation:
         """g depends on x through the hidden layers' features of each sample (problems/base.py)."""
+        head = LinearSoftmaxHead(self.data.classes, self.d_y // self.data.classes - 1, self.params.l2)
         return Representation(self.features, self.g_head, self.pool, int(self.data.train.labels.numel()),
-                              self.sample_g_index)
+                              self.sample_g_index, head)
 
 
 def conv_body(image: tuple[int, ...], channels: list[int]) -> tuple[nn.Sequential, int]:
