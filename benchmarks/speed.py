@@ -35,7 +35,10 @@ import distbo.oracles as oracles_mod
 from distbo.comm.base import Communicator
 from distbo.allocator import reuse_freed_memory
 from distbo.compressors.base import Compressor, Payload
+from distbo.problems.softmax_head import LinearSoftmaxHead
 from distbo.runner import build, resolve
+
+Tensor = torch.Tensor
 
 WARMUP = 2
 ORACLE_FUNS = ("grad_xy", "grad_y", "grad_y_hvp", "hvp", "fd_grad_y_hvp", "loss_values")
@@ -118,11 +121,27 @@ def loop_compress(orig):
     return compress
 
 
+def loop_head(method):
+    """A closed-form head's batched method (problems/softmax_head.py) one participant at a time."""
+    def run(self, z, *rest):
+        reduce = isinstance(rest[-1], bool) and rest[-1]
+        *vecs, labels = rest[:-1] if isinstance(rest[-1], bool) else rest
+        outs = [method(self, z[i:i + 1], *(v[i:i + 1] if v.dim() == 2 else v for v in vecs), labels[i:i + 1])
+                for i in range(z.shape[0])]
+        outs = tree_map(lambda *xs: torch.cat(xs), *outs)
+        if not reduce:
+            return outs
+        return outs.sum(0) if isinstance(outs, Tensor) else (outs[0], outs[1].sum(0))
+    return run
+
+
 @contextlib.contextmanager
 def loop_mode():
     with contextlib.ExitStack() as st:
         st.enter_context(patched(oracles_mod, "vmap", loop_vmap))
         st.enter_context(patched(fixed_x_mod, "vmap", loop_vmap))
+        for name in ("grad_y", "pullback"):
+            st.enter_context(patched(LinearSoftmaxHead, name, loop_head(vars(LinearSoftmaxHead)[name])))
         st.enter_context(patched(oracles_mod, "_shared", lambda *ts: False))
         st.enter_context(patched(Compressor, "compress", loop_compress(Compressor.compress)))
         yield

@@ -110,3 +110,20 @@ def test_runs_with_the_representation_equal_runs_without(monkeypatch, name, extr
         assert a["upper_loss"] == pytest.approx(b["upper_loss"], rel=1e-10)
     torch.testing.assert_close(fast.x, slow.x, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(fast.y, slow.y, rtol=1e-9, atol=1e-11)
+
+
+def test_cnn_runs_with_the_representation_equal_runs_without(monkeypatch):
+    """The CNN representation: conv features, the same closed-form softmax head."""
+    from distbo.problems.hyperrep import HyperrepCNN
+    task = {"name": "hyperrep", "model": "cnn", "channels": [4], "dataset": "digits", "batch_size": 8,
+            "max_samples": 200, "max_test": 100}
+    kw = dict(workers=4, rounds=4, eval_every=2, seed=2, dtype="float64", threads=1, clients={"fraction": 0.5})
+    alg = {"name": "fednest", "alpha": 0.1, "beta": 0.1, "inner_rounds": 2, "local_steps": 2,
+           "neumann_terms": 2, "eta": 0.2}
+    fast = distbo.run(dict(task), dict(alg), **kw)
+    monkeypatch.setattr(HyperrepCNN, "representation", lambda self: None)
+    slow = distbo.run(dict(task), dict(alg), **kw)
+    assert [r["upper_loss"] for r in fast.metrics] == pytest.approx([r["upper_loss"] for r in slow.metrics],
+                                                                     rel=1e-12)
+    torch.testing.assert_close(fast.x, slow.x, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast.y, slow.y, rtol=1e-10, atol=1e-12)
