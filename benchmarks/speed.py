@@ -123,10 +123,8 @@ def loop_compress(orig):
 
 def loop_head(method):
     """A closed-form head's batched method (problems/softmax_head.py) one participant at a time."""
-    def run(self, z, *rest):
-        reduce = isinstance(rest[-1], bool) and rest[-1]
-        *vecs, labels = rest[:-1] if isinstance(rest[-1], bool) else rest
-        outs = [method(self, z[i:i + 1], *(v[i:i + 1] if v.dim() == 2 else v for v in vecs), labels[i:i + 1])
+    def run(self, z, *vecs, labels, reduce=False):
+        outs = [method(self, z[i:i + 1], *(v[i:i + 1] if v.dim() == 2 else v for v in vecs), labels=labels[i:i + 1])
                 for i in range(z.shape[0])]
         outs = tree_map(lambda *xs: torch.cat(xs), *outs)
         if not reduce:

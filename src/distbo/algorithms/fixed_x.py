@@ -83,7 +83,7 @@ class Features(AtX):
     def grad_y(self, Y, batch, reduce=False):
         head, z = self.rep.head, self._z(batch)
         if self.rep.softmax is not None:
-            return self.rep.softmax.grad_y(z, Y, batch["labels"], reduce)
+            return self.rep.softmax.grad_y(z, Y, labels=batch["labels"], reduce=reduce)
         if reduce and Y.dim() == 1:
             return grad(_summed(head, batch), argnums=1)(z, Y)
         gy = vmap(grad(head, argnums=1), in_dims=(0, *_dims(Y), 0))(z, Y, batch)
@@ -93,7 +93,7 @@ class Features(AtX):
         """(dH/dz u per sample [n, B, k], H_yy u rows or sum) from one vjp of the head's grad_y."""
         head, z = self.rep.head, self._z(batch)
         if self.rep.softmax is not None:
-            return self.rep.softmax.pullback(z, Y, U, batch["labels"], reduce)
+            return self.rep.softmax.pullback(z, Y, U, labels=batch["labels"], reduce=reduce)
         if reduce and Y.dim() == 1 and U.dim() == 1:
             return vjp(grad(_summed(head, batch), argnums=1), z, Y)[1](U)
 
