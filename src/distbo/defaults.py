@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_map
 from . import rng
 from .compressors import Compressor, Sign, TopK, make_compressor, multi_step
 from .compressors.multistep import MultiStep
+from .hypergrad import phi_curvature
 from .oracles import Oracles
 from .problems.base import Problem
 
@@ -42,7 +43,8 @@ Tensor = torch.Tensor
 POWER_STEPS = 20  # power iterations per estimate
 PROBE_STEPS = 5  # lower-level gradient steps, the estimate repeated after each
 C_Y = 1.0  # beta0 = gamma0 = C_Y / L_g
-C_X = 0.5  # alpha0 = C_X / L_Phi
+C_X = 0.5  # alpha0 = C_X / L_Phi (L_Phi known in closed form)
+C_X_EST = 0.15  # alpha0 = max(C_X / max(L_g, L_f_xx), C_X_EST / L_Phi estimated at the horizon)
 C_OMEGA = 1.0  # unbiased compressors: steps / (1 + C_OMEGA omega / n)
 C_LOCAL = 1.0  # local steps: tau * beta * L_g,max <= C_LOCAL
 C_AVERAGE = 2.0  # moving average theta < 1: alpha x min(1, C_AVERAGE theta)
@@ -182,6 +184,22 @@ def problem_constants(problem: Problem, seed: int) -> dict[str, Any]:
     return estimate_constants(problem, seed)
 
 
+def horizon_curvature(problem: Problem, seed: int, L_g: float, horizon: int) -> dict[str, Any]:
+    """Phi's curvature at x0 as a run of ``horizon`` lower-level rounds sees it (hypergrad.py):
+    the lower level and v are solved with L_g / horizon / 2 ||y - y0||^2 added to g, the
+    resolution of ``horizon`` gradient steps of 1 / L_g from y0. The exact lower level's curvature
+    holds directions a run never resolves: on hyperrep (mu_g = 1e-3) Phi's is 15.3 exactly, 1.5 at
+    100 rounds, where a step of 0.5 / 1.5 reaches 0.91 test accuracy (docs/defaults.md)."""
+    ridge = L_g / max(1, horizon)
+    out = phi_curvature(problem, seed, ridge)
+    return {"L_phi": out["L_phi"], "L_phi_source": (
+        f"{out['power_steps']} power-iteration steps on finite differences of grad Phi at x0 (step "
+        f"{round_sig(out['fd_step'])}), lower level and v solved with ridge L_g/{max(1, horizon)} on "
+        f"{out['draws_per_worker'][0]} f- and {out['draws_per_worker'][1]} g-batches per worker: "
+        f"{out['lower_grad_calls']} gradients of g, {out['cg_products']} Hessian products"),
+        "L_phi_seconds": round(out["seconds"], 2), "hypergrad_norm_x0": out["hypergrad_norm_x0"]}
+
+
 def start_directions(problem: Problem, seed: int) -> dict[str, Tensor]:
     """The workers' SOBA directions at (x0, y0) on one batch pair drawn from ``seed``, rows [n, d]:
     D_y = grad_y g_i, D_v = -grad_y f_i at v = 0, and D_x = grad_x f_i - H_xy,i v at v = mean_i
@@ -271,7 +289,14 @@ class Derivation:
         self.L, self.L_max = L, constants.get("L_g_max", L)
         # x on a slower time scale than y; max(L_g, L_f_xx) stands for L_Phi where that is unknown (a
         # kappa-based ratio stalls x: 0.5 mu_g / L_g^2 = 3e-5 on hyperrep, where 0.1 is measured to work)
-        self.alpha0 = C_X / (constants.get("L_phi") or max(L, constants.get("L_f_xx", 0.0)))
+        L_fxx = constants.get("L_f_xx", 0.0)
+        if constants.get("L_phi_source"):  # estimated at the run's horizon (horizon_curvature): it
+            # raises the step where Phi is flatter than g, never lowers it below the former rule
+            # (the estimate overstated a CNN's curvature 4x: docs/defaults.md)
+            flat = C_X_EST / max(constants["L_phi"], L_fxx) if max(constants["L_phi"], L_fxx) > 0 else 0.0
+            self.alpha0 = max(C_X / max(L, L_fxx), flat)
+        else:
+            self.alpha0 = C_X / (constants.get("L_phi") or max(L, L_fxx))
         self.beta0 = C_Y / L
         self.delta: dict[int, float] = {}  # d -> sign's / top-K's contraction on the start directions
         self.spread: dict[int, float] = {}  # d -> the workers' spread on the start directions
@@ -378,13 +403,19 @@ RULES: dict[str, Callable[[Derivation, Any, Compressor], dict[str, float]]] = {
 }
 
 
+def lower_steps(hp: Any) -> int:
+    """Lower-level gradient steps per round (federated: per outer iteration)."""
+    return max(1, int(getattr(hp, "inner_rounds", 1) or 1)) * max(1, int(getattr(hp, "local_steps", 1) or 1))
+
+
 def derived_fields(params: type) -> list[str]:
     return [k for k, f in params.model_fields.items()
             if isinstance(f.json_schema_extra, dict) and "derived" in f.json_schema_extra]
 
 
 def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, seed: int,
-                  base: dict[str, Any], fraction: float = 1.0) -> tuple[Any, dict[str, Any] | None]:
+                  base: dict[str, Any], fraction: float = 1.0,
+                  horizon: int | None = None) -> tuple[Any, dict[str, Any] | None]:
     """Fill the derived hyper-parameters left unset (None) in ``hp``; (new hp, the inputs for
     config.json's "derived" dict, or None if nothing was derived)."""
     todo = [k for k in derived_fields(type(hp)) if getattr(hp, k) is None]
@@ -392,6 +423,8 @@ def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, se
         return hp, None
     c = make_compressor(compressor)
     consts = problem_constants(problem, seed)
+    if "alpha" in todo and "alpha" not in base and not consts.get("L_phi") and horizon is not None:
+        consts = {**consts, **horizon_curvature(problem, seed, consts["L_g"], horizon * lower_steps(hp))}
     dv = Derivation(problem, c, consts, base, max(1, round(fraction * problem.n_workers)))
     spreads = algorithm in SHIFT_FREE and c.kind == "unbiased"
     measured = measurable(c)
@@ -401,7 +434,8 @@ def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, se
         dv.measure(seed, measured, spreads)
     values = {k: round_sig(v) if isinstance(v, float) else v for k, v in RULES[algorithm](dv, hp, c).items()
               if k in todo}
-    info = {**{k: (round_sig(v) if isinstance(v, float) else v) for k, v in consts.items()},
+    info = {**{k: (round_sig(v) if isinstance(v, float) and k != "L_phi_seconds" else v)
+               for k, v in consts.items()},
             "n": dv.n, "compressor": compressor, "d_x": problem.d_x, "d_y": problem.d_y,
             **_compressor_inputs(c, dv), "task_base": dict(base), "derived": sorted(values)}
     return hp.model_copy(update=values), info

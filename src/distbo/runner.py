@@ -84,7 +84,7 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
     task = task_defaults(problem, name, alg_entry.params.model_fields)
     base = {k: v for k, v in task.items() if k in derived_fields(alg_entry.params) and k not in user_alg}
     hp = validate(alg_entry.params, {**{k: v for k, v in task.items() if k not in base}, **user_alg}, "algorithm")
-    hp, derived = resolve_hyper(name, hp, problem, run.compressor, run.seed, base, run.clients.fraction)
+    hp, derived = resolve_hyper(name, hp, problem, run.compressor, run.seed, base, run.clients.fraction, run.rounds)
     return Resolved(run, task_params, hp, derived), problem
 
 

@@ -97,6 +97,11 @@ class Problem(ABC):
         """Metrics at the server's (x, y). Must include ``upper_loss``."""
         return {}
 
+    def draws_per_shard(self, level: str) -> int:
+        """How many of ``level``'s batches cover a worker's shard on average (1 if unknown): the
+        hypergradient with the lower level solved (hypergrad.py) averages that many fixed draws."""
+        return 1
+
     def describe(self) -> dict[str, Any]:
         """Facts recorded in config.json (data sizes, client label histograms, ...)."""
         return {}

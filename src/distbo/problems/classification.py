@@ -127,6 +127,10 @@ class ClassificationTask(Problem):
         idx = self.data.train.draw(torch.as_tensor(workers, dtype=torch.int64), key, self.batch_size)
         return {"labels": rows(self.train_labels(), idx), "index": idx}
 
+    def draws_per_shard(self, level):
+        split = self.data.train if level == "g" else self.data.val
+        return max(1, math.ceil(float(split.size.double().mean()) / self.batch_size))
+
     def init(self, seed):
         key = rng.key(seed, _INIT)
         return (init_layers(self.net, range(self.net.split), rng.key(key, 0), self.dtype),

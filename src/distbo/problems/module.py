@@ -289,6 +289,10 @@ class ModuleProblem(Problem):
     def g(self, x, y, batch, sizes=None):
         return self._g(*self.bind(x, y, sizes), tuple(batch))
 
+    def draws_per_shard(self, level):
+        shards, size = (self.train, self.batch_size) if level == "g" else (self.val, self.val_batch_size)
+        return max(1, math.ceil(float(shards.size.double().mean()) / size))
+
     def sample(self, level, workers, key):
         shards = self.val if level == "f" else self.train
         rows = draw_rows(shards.offset, shards.size, workers, key,
