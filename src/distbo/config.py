@@ -69,6 +69,9 @@ class RunConfig(Params):
     workers: int = Field(8, gt=0, description="number of workers (clients)")
     rounds: int = Field(1000, ge=0, description="outer iterations")
     eval_every: int = Field(10, gt=0, description="evaluate every k rounds")
+    eval_hypergrad: bool = Field(False, description="report hypergrad_norm at every evaluation for any problem: the "
+                                 "lower level solved to a tolerance and the system for v, on fixed batches covering "
+                                 "each worker's shard (its cost: hypergrad_s per row; docs/running.md)")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every k rounds (0: only at the end)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the task's data and of every random draw of "
                       "the run (distbo.rng keys are 32-bit)")

@@ -44,7 +44,7 @@ POWER_STEPS = 20  # power iterations per estimate
 PROBE_STEPS = 5  # lower-level gradient steps, the estimate repeated after each
 C_Y = 1.0  # beta0 = gamma0 = C_Y / L_g
 C_X = 0.5  # alpha0 = C_X / L_Phi (L_Phi known in closed form)
-C_X_EST = 0.15  # alpha0 = max(C_X / max(L_g, L_f_xx), C_X_EST / L_Phi estimated at the horizon)
+C_X_EST = 0.1  # alpha0 = max(C_X / max(L_g, L_f_xx), C_X_EST / L_Phi estimated at the horizon)
 C_OMEGA = 1.0  # unbiased compressors: steps / (1 + C_OMEGA omega / n)
 C_LOCAL = 1.0  # local steps: tau * beta * L_g,max <= C_LOCAL
 C_AVERAGE = 2.0  # moving average theta < 1: alpha x min(1, C_AVERAGE theta)

@@ -30,6 +30,7 @@ from .config import DTYPES, Resolved, RunConfig, check_run
 from .defaults import derived_fields, resolve_hyper
 from .devices import default_device, resolve_device, to_device
 from .errors import ConfigError, DivergenceError
+from .hypergrad import HypergradMetric
 from .launch import in_job, make_comm, run_procs
 from .problems import TASKS, Problem
 from .problems.checks import check_problem, metric_row, user_settings
@@ -203,10 +204,14 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
     files.write_json("config.json", config)
     saved: int | None = start if ck is not None else None  # round of the last checkpoint
 
+    exact = HypergradMetric(problem, run.seed) if run.eval_hypergrad else None
+
     def evaluate(t: int) -> dict[str, Any]:
         x, y = algorithm.point(state)
-        row = {"round": t, **comm.stats.as_dict(), "wall_s": round(train_s, 6),
-               **metric_row(problem.evaluate(x, y)), **algorithm.metrics(state)}
+        metrics = metric_row(problem.evaluate(x, y))
+        if exact is not None and "hypergrad_norm" not in metrics:
+            metrics.update(exact(x, y))
+        row = {"round": t, **comm.stats.as_dict(), "wall_s": round(train_s, 6), **metrics, **algorithm.metrics(state)}
         files.append_row(row)  # first: a row that could not be written is not in the summary either
         rows.append(row)
         return row
