@@ -63,7 +63,7 @@ def run_one(task, algorithm: dict, compressor: str, rounds: int) -> dict:
     try:
         r = distbo.run(problem, algorithm=algorithm, compressor=compressor, rounds=rounds,
                        eval_every=max(1, rounds // 10))
-    except DivergenceError as exc:
+    except (DivergenceError, ConfigError) as exc:  # a scaled step past a field's range counts as failed
         return {"diverged": str(exc).split(";")[0], "seconds": time.perf_counter() - tic}
     return {"rows": r.metrics, "config": r.config, "seconds": time.perf_counter() - tic}
 
@@ -77,10 +77,9 @@ def cell(task_name: str, method: str) -> list[str] | None:
     name, _, comp = method.partition(":")
     comp = comp or "identity"
     budget = fed_rounds if name in FEDERATED else rounds
-    try:
-        base = run_one(task, {"name": name}, comp, budget)
-    except ConfigError as exc:
-        print(f"  {task_name} {method}: refused ({exc})", file=sys.stderr)
+    base = run_one(task, {"name": name}, comp, budget)
+    if "rows" not in base and "diverged at" not in base["diverged"]:
+        print(f"  {task_name} {method}: refused ({base['diverged']})", file=sys.stderr)
         return None
     if "rows" not in base:
         return [task_name, method, "diverged", "", "", "", "", "", f"{base['seconds']:.0f}"]

@@ -60,7 +60,7 @@ DOWN = -1  # sub-key of the down-link's broadcasts (the up-link's count exchange
 class FederatedParams(Params):
     """Hyper-parameters every federated method has."""
 
-    alpha: float | None = Field(None, gt=0, le=100, description="upper-level (x) step size",
+    alpha: float | None = Field(None, gt=0, description="upper-level (x) step size",
                                 json_schema_extra=derived("as soba's alpha x compressor factor on d_x"))
     beta: float | None = Field(None, gt=0, le=100, description="clients' local lower-level step size",
                                json_schema_extra=derived("min(1/L_g, 1/(tau L_g,max)) x compressor factor on d_y"))
