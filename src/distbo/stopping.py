@@ -29,17 +29,7 @@ from .errors import ConfigError, DivergenceError
 
 GROWTH_METRICS = ("upper_loss", "hypergrad_norm")
 METRIC_FLOOR = 1.0
-SYNTAX = "expected FIELD<=VALUE or FIELD>=VALUE with a number VALUE (e.g. hypergrad_norm<=1e-3)"
-
-
-def parse_until(text: str):
-    """The Target of an ``until`` string; ValueError (for the config check) if it is malformed."""
-    from .tables import parse_target
-
-    try:
-        return parse_target(text)
-    except ConfigError:
-        raise ValueError(f"{SYNTAX}, got '{text}'") from None
+from .until import SYNTAX, parse_until  # noqa: F401  (torch-free: the config check uses it)
 
 
 def target_info(until: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
