@@ -68,9 +68,7 @@ class RunControl:
         past its limit, True if the target is met. Every process gets rank 0's answer."""
         if self.target is None and not self.factor:  # nothing to check (the same in every process)
             return False
-        if self.target is not None and self.target.field not in row:
-            allowed = sorted(k for k, v in row.items() if _number(v))
-            raise ConfigError("until", f"unknown field '{self.target.field}'; allowed: {', '.join(allowed)}")
+        self.check_fields(row)
         grown = self._grown(row, first) if self.comm.is_main else None
         reached = self.comm.is_main and self.target is not None and _number(row[self.target.field]) \
             and self.target.reached(row[self.target.field])
@@ -84,6 +82,12 @@ class RunControl:
         if grown is not None:
             raise DivergenceError(self._grew(row["round"], *grown))
         return bool(reached)
+
+    def check_fields(self, row: dict[str, Any]) -> None:
+        """ConfigError if the target's field is not one of the row's (the round-0 row, before any output)."""
+        if self.target is not None and self.target.field not in row:
+            allowed = sorted(k for k, v in row.items() if _number(v))
+            raise ConfigError("until", f"unknown field '{self.target.field}'; allowed: {', '.join(allowed)}")
 
     def _grown(self, row: dict[str, Any], first: dict[str, Any]) -> tuple[str, float, float] | None:
         if not self.factor:
