@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .safeio import remove, write_json
+from .safeio import remove, write_json, writing
 
 #: the only configuration fields that may differ between a checkpoint and the run resuming it
 RESUMABLE = ("rounds", "eval_every", "until", "timeout", "threads")
@@ -37,18 +37,24 @@ def check_out(out: Path | str, field: str = "--out") -> Path:
     """``out`` as a Path, if it can be a run folder: a folder, or a path that does not exist yet and
     whose nearest existing parent is a folder."""
     p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(field, f"{p} is a file, expected a folder (or a path that does not exist yet)")
-    for q in (p, *p.parents):
-        if q.is_symlink() and not q.exists():
-            raise ConfigError(field, f"{q} is a symbolic link to {os.readlink(q)}, which does not exist; "
-                              "choose a folder")
-    for parent in p.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(field, f"{p} lies under the file {parent}; choose a folder")
-            break
+    with writing(p):  # a name the file system cannot hold (too long): one line, exit 4
+        if p.exists() and not p.is_dir():
+            raise ConfigError(field, f"{p} is a file, expected a folder (or a path that does not exist yet)")
+        for q in (p, *p.parents):
+            check_link(q, field)
+        for parent in p.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(field, f"{p} lies under the file {parent}; choose a folder")
+                break
     return p
+
+
+def check_link(p: Path, field: str) -> None:
+    """A symbolic link whose target does not exist cannot be written through: say so."""
+    if p.is_symlink() and not p.exists():
+        raise ConfigError(field, f"{p} is a symbolic link to {os.readlink(p)}, which does not exist; "
+                          "choose another path")
 
 
 def own_names(procs: int, engine: str = "sim") -> list[str]:
