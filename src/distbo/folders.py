@@ -52,7 +52,9 @@ def check_out(out: Path | str, field: str = "--out") -> Path:
 
 def check_link(p: Path, field: str) -> None:
     """A symbolic link whose target does not exist cannot be written through: say so."""
-    if p.is_symlink() and not p.exists():
+    with writing(p):  # a name too long for the file system: one line, exit 4
+        dangling = p.is_symlink() and not p.exists()
+    if dangling:
         raise ConfigError(field, f"{p} is a symbolic link to {os.readlink(p)}, which does not exist; "
                           "choose another path")
 
