@@ -191,14 +191,20 @@ def agree_fresh(out: Path, overwrite: bool, comm: Any) -> None:
     folder before any of them writes (the sum is a barrier). Nothing is removed here: the main
     process clears the old run (``start``) once the new run's own checks have passed."""
     check_out(out)
-    found = holds_run(out)
+    try:
+        refuse_existing(out, overwrite)
+        refusal = None
+    except ConfigError as exc:
+        refusal = exc
+    refused = refusal is not None
     if comm.world_size > 1:
         import torch
 
-        found = float(comm.all_sum(torch.tensor([float(found)], dtype=torch.float64))) > 0
-    refuse_existing(out, overwrite)  # this process sees it: the message names its status
-    if found and not overwrite:
-        raise ConfigError("--out", f"{out} already holds a run (seen by another process); use --overwrite "
+        refused = float(comm.all_sum(torch.tensor([float(refused)], dtype=torch.float64))) > 0
+    if refusal is not None:
+        raise refusal  # this process sees it: the message names what is in the way
+    if refused:
+        raise ConfigError("--out", f"{out} cannot take a new run (seen by another process); use --overwrite "
                           "or another folder")
 
 
