@@ -30,12 +30,14 @@ def run_cli(*argv):
 
 
 def snapshot(folder: Path) -> dict[str, bytes] | None:
-    """Every file's bytes (the names of sub-folders too); None for a folder that does not exist."""
+    """Every file's bytes (the names of sub-folders too), but distbo's empty lock files (a process
+    that looks at a folder locks it first); None for a folder that does not exist."""
     if folder is None:
         return {}
     if not Path(folder).exists():
         return None
-    return {p.name: p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(Path(folder).iterdir())}
+    return {p.name: p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(Path(folder).iterdir())
+            if not folders.LOCK.fullmatch(p.name)}
 
 
 def rows_of(folder):
@@ -383,6 +385,8 @@ CASES += [
     Case("the same with --overwrite", _users_folder("--overwrite"), ("--out", "is not a distbo run folder")),
     Case("--overwrite, then an unknown --until field", _overwrite_refused("--until", "hypergrad_nrom<=1"),
          ("until", "unknown field 'hypergrad_nrom'", "hypergrad_norm")),
+    Case("--overwrite --procs 3, then an unknown --until field (the processes clear nothing)",
+         _overwrite_refused("--procs", "3", "--until", "hypergrad_nrom<=1"), ("until", "unknown field 'hypergrad_nrom'")),
     Case("--overwrite, then flower.nodes not dividing the workers", _overwrite_refused(*FLOWER),
          ("flower.nodes", "2 Flower nodes cannot share 3 workers")),
     Case("--overwrite, then --procs with engine flower", _overwrite_refused("--engine", "flower", "--procs", "3"),

@@ -76,7 +76,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.resume:
         return _resume(a)
     raw = _checked_raw(a)  # before torch is imported: a bad flag answers at once
-    from . import folders, launch
+    from . import launch
     from .errors import ConfigError
     from .runner import execute, resolve
 

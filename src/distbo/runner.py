@@ -355,14 +355,15 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
     user_problem = problem
     res, problem = resolve(raw, problem)
     out = Path(out) if out is not None else None
+    spawns = comm is None and (res.run.engine == "flower" or (res.run.procs > 1 and not in_job()))
+    if spawns and out is not None:  # refused here; cleared by the main process once the run's checks pass
+        folders.check_out(out)
+        folders.refuse_existing(out, overwrite)
     if res.run.engine == "flower" and comm is None:  # Flower apps (flower/)
         from .flower import run_flower
 
         return run_flower(raw, out, progress, user_problem, overwrite)
     if res.run.procs > 1 and comm is None and not in_job():  # start the processes (launch.py)
-        if out is not None:  # refused here; cleared by the main process once the run's checks pass
-            folders.check_out(out)
-            folders.refuse_existing(out, overwrite)
         return run_procs(raw, user_problem, out, progress, res.run.procs, res.run.timeout, res.run.workers,
                          overwrite=overwrite)
     return execute(res, problem, out, progress, comm, overwrite=overwrite)
