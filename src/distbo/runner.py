@@ -302,9 +302,8 @@ def resume(out: str | Path, progress: bool = False, problem: Problem | None = No
     if res.run.engine == "flower":
         raise ConfigError("--resume", "a Flower run cannot be resumed (its nodes keep their state in Flower's "
                           "contexts); start it again")
-    if comm is None and not in_job():
-        checkpoint.check_procs(Path(out), res.run.procs)
     if res.run.procs > 1 and comm is None and not in_job():  # each process reads its own shard
+        checkpoint.check_procs(Path(out), res.run.procs)  # a mismatch: one line, before any process starts
         return run_procs(raw, user_problem, Path(out), progress, res.run.procs, res.run.timeout,
                          res.run.workers, resume=True)
     return execute(res, problem, Path(out), progress, comm, resume=True)
