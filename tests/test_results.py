@@ -105,12 +105,21 @@ def test_compare_default_target_is_reached_by_every_run(runs):
     assert all(row[col] is not None for row in body)
 
 
-def test_compare_without_files_writes_both_next_to_the_runs(runs, capsys):
-    assert main(["compare", *runs]) == 0
+def test_compare_writes_only_where_out_says_and_never_over_a_users_file(runs, capsys, tmp_path):
     parent = Path(runs[0]).parent
-    assert (parent / "compare.csv").read_text().count("\n") == 1 + len(runs)
-    assert (parent / "compare.md").is_file()
+    before = sorted(p.name for p in parent.iterdir())
+    assert main(["compare", *runs]) == 0  # no -o: the table is printed, nothing is written
+    assert sorted(p.name for p in parent.iterdir()) == before
     assert "best level every run reaches" in capsys.readouterr().out
+    t = tmp_path / "tables"
+    assert main(["compare", *runs, "-o", str(t / "c.md"), "-o", str(t / "c.csv")]) == 0
+    assert (t / "c.csv").read_text().count("\n") == 1 + len(runs) and (t / "c.md").is_file()
+    assert main(["compare", *runs, "-o", str(t / "c.md")]) == 0  # distbo's own file: replaced
+    (t / "c.md").write_text("my notes")  # changed since: no longer distbo's to replace
+    capsys.readouterr()
+    assert main(["compare", *runs, "-o", str(t / "c.md"), "-o", str(t / "c.csv")]) == 2
+    assert "distbo did not write it" in capsys.readouterr().err
+    assert (t / "c.md").read_text() == "my notes"
 
 
 @pytest.mark.parametrize("text", ["hypergrad_norm<0.1", "acc>=high", ">=0.3"])

@@ -29,8 +29,15 @@ def run_cli(*argv):
     return main(["run", *QUICK, *map(str, argv)])
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()} if folder else {}
+def snapshot(folder: Path) -> dict[str, bytes] | None:
+    """Every file's bytes (the names of sub-folders too), but distbo's empty lock files (a process
+    that looks at a folder locks it first); None for a folder that does not exist."""
+    if folder is None:
+        return {}
+    if not Path(folder).exists():
+        return None
+    return {p.name: p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(Path(folder).iterdir())
+            if not folders.LOCK.fullmatch(p.name)}
 
 
 def rows_of(folder):
@@ -243,11 +250,11 @@ CASES = [
          ("--out", "a stopped run (interrupted)", "--resume", "--overwrite")),
     Case("run --out R on a run in a read-only folder", _read_only_existing, ("--out", "already holds")),
     Case("run --out R --overwrite in a read-only folder", _read_only_overwrite,
-         ("cannot write", "config.json", "EACCES"), 4),
+         ("cannot write", "checkpoint-rank0.pt", "EACCES"), 4),
     Case("config.json edited (seed, task.heterogeneity), then --resume", _edited_config,
          ("--resume", "seed, task.heterogeneity", "only rounds, eval_every, until, timeout, threads")),
     Case("resume advice for another process count", _procs_mismatch,
-         ("written by 2 processes, not 1", "distbo run --resume DIR --procs 2")),
+         ("written by 2 processes, not 1", "distbo run --resume ", "/R --procs 2")),
     Case("topk:1000000 on a 2-value message", lambda t, mp: (["run", *QUICK, "--compressor", "topk:1000000"], None),
          ("compressor", "topk:1000000", "message of 2 values", "fraction")),
     Case("IDX labels 255", _idx(labels=np.array([0, 1, 2, 3] * 9 + [255] * 4, np.uint8)),
@@ -282,6 +289,141 @@ CASES = [
     Case("plot -o fig.xyz", _plot_xyz, ("-o", "fig.xyz", ".png, .pdf, .svg")),
     Case("--set task.d_y=100000 on the quadratic", lambda t, mp: (["run", "--set", "task.d_y=100000", "--quiet"], None),
          ("task.d_y", "needs at least", "GiB", "this machine has")),
+]
+
+
+# ----- issue 27: --overwrite removes only distbo's files, refusals come first -----
+def _users_folder(*extra):
+    """A folder of the user's own files named like a run's (not written by distbo)."""
+    def setup(t, mp):
+        r = t / "R"
+        r.mkdir()
+        (r / "config.json").write_text('{"database": "prod"}')
+        (r / "metrics.jsonl").write_text('{"users": 3}\n')
+        return ["run", *QUICK, "--out", str(r), *extra], r
+    return setup
+
+
+def _overwrite_refused(*extra):
+    """A finished run, then --overwrite with a command that must be refused before anything is removed."""
+    def setup(t, mp):
+        r = finished(t)
+        return ["run", *QUICK, "--out", str(r), "--overwrite", *extra], r
+    return setup
+
+
+def _metrics_is_a_folder(t, mp):
+    r = finished(t)
+    (r / "metrics.jsonl").unlink()
+    (r / "metrics.jsonl").mkdir()
+    return ["run", *QUICK, "--out", str(r), "--overwrite"], r
+
+
+def _compare_over_users_file(t, mp):
+    r = finished(t)
+    (t / "compare.md").write_text("my own notes")
+    return ["compare", str(r), "-o", str(t / "compare.md")], t
+
+
+def _foreign_config(value):
+    def setup(t, mp):
+        r = finished(t)
+        (r / "config.json").write_text(json.dumps({"algorithm": value, "task": {"name": "quadratic"}}))
+        return ["plot", str(r), "-o", str(t / "fig.png")] if value == "soba" else ["compare", str(r)], r
+    return setup
+
+
+def _tune(*extra):
+    def setup(t, mp):
+        return ["tune", "--task", "quadratic", "--workers", "2", "--rounds", "2", "--set", "task.d_x=2",
+                "--set", "task.d_y=3", "--quiet", "--out", str(t / "T"), *extra], t / "T"
+    return setup
+
+
+def _new_folder(*extra):
+    def setup(t, mp):
+        return ["run", *QUICK, "--out", str(t / "N"), *extra], t / "N"
+    return setup
+
+
+def _resume_other_procs(t, mp):
+    r = interrupted(t, mp)
+    return ["run", "--resume", str(r), "--procs", "3", "--quiet"], r
+
+
+def _plot_no_rows(t, mp):
+    r = finished(t)
+    (r / "metrics.jsonl").write_text("")
+    return ["plot", str(r), "-o", str(t / "fig.png")], r
+
+
+def _dangling(command):
+    def setup(t, mp):
+        (t / "link").symlink_to(t / "nowhere" / "x")
+        if command == "run":
+            return ["run", *QUICK, "--out", str(t / "link")], t
+        r = finished(t)
+        (t / "link.png").symlink_to(t / "nowhere" / "x.png")
+        return ["plot", str(r), "-o", str(t / "link.png")], r
+    return setup
+
+
+def _too_long(command):
+    def setup(t, mp):
+        name = "a" * 300
+        if command == "run":
+            return ["run", *QUICK, "--out", str(t / name)], t
+        r = finished(t)
+        return ["plot", str(r), "-o", str(t / f"{name}.png")], r
+    return setup
+
+
+FLOWER = ("--engine", "flower", "--set", "flower.nodes=2")
+CASES += [
+    Case("a folder of the user's files named config.json, metrics.jsonl", _users_folder(),
+         ("--out", "is not a distbo run folder", "config.json, metrics.jsonl")),
+    Case("the same with --overwrite", _users_folder("--overwrite"), ("--out", "is not a distbo run folder")),
+    Case("--overwrite, then an unknown --until field", _overwrite_refused("--until", "hypergrad_nrom<=1"),
+         ("until", "unknown field 'hypergrad_nrom'", "hypergrad_norm")),
+    Case("--overwrite --procs 3, then an unknown --until field (the processes clear nothing)",
+         _overwrite_refused("--procs", "3", "--until", "hypergrad_nrom<=1"), ("until", "unknown field 'hypergrad_nrom'")),
+    Case("--overwrite, then flower.nodes not dividing the workers", _overwrite_refused(*FLOWER),
+         ("flower.nodes", "2 Flower nodes cannot share 3 workers")),
+    Case("--overwrite, then --procs with engine flower", _overwrite_refused("--engine", "flower", "--procs", "3"),
+         ("procs", "set flower.nodes instead")),
+    Case("--overwrite, then device=cuda", _overwrite_refused("--set", "device=\"cuda:7\""), ("device",)),
+    Case("--overwrite where metrics.jsonl is a folder", _metrics_is_a_folder,
+         ("--overwrite", "metrics.jsonl is a folder", "nothing was removed")),
+    Case("compare -o over the user's own compare.md", _compare_over_users_file,
+         ("-o", "compare.md exists and distbo did not write it")),
+    Case("--until hypergrad_norm<=nan", _new_folder("--until", "hypergrad_norm<=nan"),
+         ("until", "nan is not a finite number")),
+    Case("tune --algorithm soba --thetas 0.5", _tune("--algorithm", "soba", "--thetas", "0.5"),
+         ("--thetas", "soba has no theta")),
+    Case("tune --thetas 2,0.5", _tune("--algorithm", "cm-soba", "--thetas", "2,0.5"),
+         ("--thetas", "2 is not a valid theta", "less than or equal to 1")),
+    Case("tune --thetas 2,5", _tune("--algorithm", "cm-soba", "--thetas", "2,5"), ("--thetas", "2 is not a valid theta")),
+    Case("tune --until x<1", _tune("--until", "x<1"), ("until", "FIELD<=VALUE", "'x<1'")),
+    Case("plot on a config.json that is not distbo's (algorithm a string)", _foreign_config("soba"),
+         ("RUN_DIR", "not a configuration distbo wrote", "'algorithm'")),
+    Case("compare on a config.json that is not distbo's (algorithm a list)", _foreign_config(["soba"]),
+         ("RUN_DIR", "not a configuration distbo wrote", "'algorithm'")),
+    Case("plot --dpi 0", lambda t, mp: (["plot", str(finished(t)), "-o", str(t / "f.png"), "--dpi", "0"], t / "R"),
+         ("--dpi", "1 .. 2400", "got 0")),
+    Case("engine flower with RABO and resources", _new_folder(
+        *FLOWER, "--workers", "4", "--algorithm", "rabo", "--set", "clients.resources=[1.0, 0.5]"),
+         ("engine", "flower cannot carry rabo's sub-model messages", "engine = 'sim'")),
+    Case("an --until field error in a new folder creates nothing", _new_folder("--until", "acc>=1"),
+         ("until", "unknown field 'acc'")),
+    Case("resume with another --procs", _resume_other_procs,
+         ("--resume", "written by 1 processes, not 3", "/R --procs 1")),
+    Case("plot on a run with no rows", _plot_no_rows, ("RUN_DIR", "has no metric rows")),
+    Case("a dangling symbolic link as --out (run)", _dangling("run"), ("--out", "symbolic link", "does not exist")),
+    Case("a dangling symbolic link as -o (plot)", _dangling("plot"), ("-o", "symbolic link", "does not exist")),
+    Case("a file name too long (run --out)", _too_long("run"), ("cannot write", "File name too long"), 4),
+    Case("a file name too long (plot -o)", _too_long("plot"), ("cannot write", "File name too long"), 4),
+    Case("IDX with a single label", _idx(labels=np.zeros(40, np.uint8)),
+         ("task.dataset", "every training label is 0", "at least 2 classes")),
 ]
 
 
@@ -426,3 +568,61 @@ def test_append_line_cuts_a_torn_row_back(tmp_path, monkeypatch):
         safeio.append_line(p, '{"round": 1, "long": "' + "x" * 100 + '"}')
     monkeypatch.undo()
     assert p.read_text() == '{"round": 0}\n'
+
+
+def test_overwrite_removes_only_the_files_distbo_wrote(tmp_path, capsys):
+    """The user's files in a run folder survive --overwrite, even named like distbo's (issue 27)."""
+    out = finished(tmp_path)
+    mine = {"checkpoint-rank0-backup.pt": b"backup", ".draft.tmp": b"draft", "notes.txt": b"mine"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    listed = json.loads((out / folders.MARKER).read_text())["files"]
+    assert sorted(listed) == sorted(folders.own_names(1)) and set(mine).isdisjoint(listed)
+    assert run_cli("--out", out, "--overwrite", "--set", "seed=5") == 0
+    assert {n: (out / n).read_bytes() for n in mine} == mine
+    assert json.loads((out / "config.json").read_text())["seed"] == 5
+
+
+def test_a_checkpoint_that_torch_cannot_write_is_one_line_and_exit_4(tmp_path, monkeypatch, capsys):
+    """torch.save on a full disk raises RuntimeError, not OSError: still exit 4, and a summary."""
+    real = torch.save
+
+    def save(obj, f, *a, **k):
+        if "checkpoint" in str(f):
+            raise RuntimeError("basic_ios::clear: iostream error")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "R"
+    code = run_cli("--out", out)
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip()
+    assert code == 4 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"cannot write {out / 'checkpoint-rank0.pt'}" in err and "iostream error" in err
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_config_flag_and_path_errors_answer_without_importing_torch(tmp_path):
+    """Every such refusal is one line from a fresh process that never imported torch (-X importtime)."""
+    import subprocess
+    import sys
+
+    run = finished(tmp_path)
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "config.json").write_text("{}")
+    (tmp_path / "f").write_text("a file")
+    (tmp_path / "mine.md").write_text("mine")
+    cases = [["run", "--rounds", "-1"], ["run", "--rounds", "1.5"], ["compare"], ["run", "--until", "x<1"],
+             ["run", "--until", "hypergrad_norm<=inf"], ["run", "--set", "device=gpu"],
+             ["run", "--out", str(tmp_path / "f")], ["run", "--out", str(run)], ["run", "--out", str(users)],
+             ["run", "--out", str(users), "--overwrite"], ["tune", "--until", "x<1"],
+             ["plot", str(run), "-o", str(tmp_path / "fig.xyz")], ["compare", str(run), "-o", str(tmp_path / "mine.md")]]
+    for argv in cases:
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "distbo", *argv], capture_output=True,
+                           text=True, cwd=tmp_path)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+        errors = [line for line in p.stderr.splitlines() if not line.startswith("import time:")]
+        assert p.returncode == 2 and len(errors) == 1 and errors[0].startswith("distbo: error:"), (argv, errors)
+        assert "torch" not in imported, argv

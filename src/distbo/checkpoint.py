@@ -15,6 +15,7 @@ shard ``checkpoint-rank{r}.pt``; only the main process writes metrics.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ def claim(out: Path | None, rank: int):
         yield
         return
     lock = Path(out) / f".lock-rank{rank}"
+    created = not Path(out).exists()
     with safeio.writing(lock):
         Path(out).mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -64,7 +66,16 @@ def claim(out: Path | None, rank: int):
                               "wait for it to end or stop it") from None
         yield
     finally:
+        if created:  # a run refused before writing anything leaves no folder behind
+            _remove_if_only_locks(Path(out), lock)
         os.close(fd)
+
+
+def _remove_if_only_locks(out: Path, lock: Path) -> None:
+    with contextlib.suppress(OSError):
+        if all(folders.LOCK.fullmatch(p.name) for p in out.iterdir()):
+            lock.unlink()
+            out.rmdir()
 
 
 def path(out: Path, rank: int) -> Path:
@@ -129,7 +140,23 @@ def save(out: Path, rank: int, ck: Checkpoint, world_size: int = 1) -> Path:
     if ck.config is not None:
         d["config_hash"] = folders.fingerprint(ck.config)
         d["config"] = json.dumps(folders.hashed(ck.config))
-    return safeio.write_atomic(final, lambda tmp: torch.save(d, tmp))
+    return safeio.write_atomic(final, lambda tmp: _save(d, tmp))
+
+
+def _save(obj: Any, tmp: Path) -> None:
+    """torch.save, whose failed writes (a full disk) are RuntimeErrors, as an OSError (a WriteError)."""
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as exc:
+        raise OSError(errno.ENOSPC if _full(tmp) else errno.EIO, str(exc).splitlines()[0]) from None
+
+
+def _full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def load(out: Path, rank: int, template: Any, world_size: int = 1,
@@ -152,15 +179,30 @@ def load(out: Path, rank: int, template: Any, world_size: int = 1,
         folders.check_same_config(stored, d.get("config_hash"), config, Path(out))
     if d["world_size"] != world_size:
         raise ConfigError("--resume", f"the checkpoint was written by {d['world_size']} processes, "
-                          f"not {world_size}; {procs_advice(d['world_size'])}")
+                          f"not {world_size}; {procs_advice(d['world_size'], out)}")
     return Checkpoint(d["round"], unflatten(template, d["leaves"]), d["stats"], d["train_s"], d["rows"])
 
 
-def procs_advice(n: int) -> str:
-    """How to start a resume with ``n`` processes (advice that the command line accepts)."""
+def procs_advice(n: int, out: Path | str = "DIR") -> str:
+    """How to start a resume of ``out`` with ``n`` processes (advice that the command line accepts)."""
     if os.environ.get("TORCHELASTIC_RUN_ID"):  # started by torchrun
-        return f"start {n} processes (torchrun --nproc-per-node {n} ... -m distbo run --resume DIR)"
-    return f"resume with 'distbo run --resume DIR --procs {n}'"
+        return f"start {n} processes (torchrun --nproc-per-node {n} ... -m distbo run --resume {out})"
+    return f"resume with 'distbo run --resume {out} --procs {n}'"
+
+
+def check_procs(out: Path, procs: int) -> None:
+    """Before any process starts: a resume with another process count than the checkpoint's is one
+    line naming the folder (not a broken connection between the processes)."""
+    p = path(out, 0)
+    if not p.is_file():
+        return
+    try:
+        written = torch.load(p, weights_only=True).get("world_size")
+    except Exception:  # noqa: BLE001  (a torn file: load() reports it)
+        return
+    if isinstance(written, int) and written != procs:
+        raise ConfigError("--resume", f"the checkpoint was written by {written} processes, not {procs}; "
+                          f"{procs_advice(written, out)}")
 
 
 def check_same_round(done: int, comm: Any) -> None:

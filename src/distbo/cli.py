@@ -76,7 +76,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.resume:
         return _resume(a)
     raw = _checked_raw(a)  # before torch is imported: a bad flag answers at once
-    from . import folders, launch
+    from . import launch
     from .errors import ConfigError
     from .runner import execute, resolve
 
@@ -88,16 +88,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     if res.run.engine == "flower":
         from .flower import run_flower
 
-        folders.prepare_locked(out, a.overwrite)
         try:
-            result = run_flower(raw, out, not a.quiet)
+            result = run_flower(raw, out, not a.quiet, overwrite=a.overwrite)
         except launch.LaunchError as exc:
             sys.stderr.write(f"distbo: error: {exc}\n")
             return exc.code
     elif res.run.procs > 1 and not launch.in_job():  # start the processes (launch.py)
-        folders.prepare_locked(out, a.overwrite)
         try:
-            result = launch.run_procs(raw, None, out, not a.quiet, res.run.procs, res.run.timeout, res.run.workers)
+            result = launch.run_procs(raw, None, out, not a.quiet, res.run.procs, res.run.timeout, res.run.workers,
+                                      overwrite=a.overwrite)
         except launch.LaunchError as exc:
             sys.stderr.write(f"distbo: error: {one_line(exc)}\n")
             return exc.code
@@ -136,8 +135,7 @@ def _checked_raw(a: argparse.Namespace) -> dict[str, Any]:
     check_run(raw)
     if a.out is not None:
         folders.check_out(a.out)
-        if not a.overwrite:
-            folders.refuse_existing(a.out)
+        folders.refuse_existing(a.out, a.overwrite)  # nothing is removed before the run's own checks
     return raw
 
 

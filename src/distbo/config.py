@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from . import safeio
 from .errors import ConfigError
 from .registry import Params, validate
+from .until import parse_until
 
 
 def __getattr__(name: str) -> Any:
@@ -116,8 +117,6 @@ class RunConfig(Params):
     @field_validator("until")
     @classmethod
     def _target(cls, v: str | None) -> str | None:
-        from .stopping import parse_until
-
         if v is not None:
             parse_until(v)
         return v

@@ -113,7 +113,7 @@ def make_comm(workers: int, timeout: float, device: torch.device | str = "cpu") 
 
 # ----- starting processes on this machine -----
 def run_procs(raw: dict[str, Any], problem, out: Path | None, progress: bool, procs: int,
-              timeout: float, workers: int, resume: bool = False):
+              timeout: float, workers: int, resume: bool = False, overwrite: bool = False):
     """Run one configuration in ``procs`` processes; rank 0's Result (state=None) comes back."""
     from .runner import Result
 
@@ -122,16 +122,17 @@ def run_procs(raw: dict[str, Any], problem, out: Path | None, progress: bool, pr
                           f"use a number of processes that divides {workers}")
     out = Path(out).absolute() if out is not None else None
     device = resolve_device(str(raw.get("device", "cpu"))).type
-    value = spawn(_run_rank, (raw, problem, out, progress, resume), procs, timeout, {ENV_DEVICE: device})[0]
+    value = spawn(_run_rank, (raw, problem, out, progress, resume, overwrite), procs, timeout, {ENV_DEVICE: device})[0]
     extra = {**value.pop("extra", {}), "procs": procs}
     return Result(**value, state=None, extra=extra)
 
 
-def _run_rank(raw: dict[str, Any], problem, out: Path | None, progress: bool, resume: bool = False):
+def _run_rank(raw: dict[str, Any], problem, out: Path | None, progress: bool, resume: bool = False,
+              overwrite: bool = False):
     from .runner import execute, resolve
 
     res, problem = resolve(raw, problem)
-    r = execute(res, problem, out, progress, resume=resume)
+    r = execute(res, problem, out, progress, resume=resume, overwrite=overwrite)
     if dist.get_rank() == 0:
         return {"metrics": r.metrics, "x": r.x, "y": r.y, "config": r.config, "out": r.out, "status": r.status,
                 "extra": r.extra}

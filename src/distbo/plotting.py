@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .rundirs import RunDir
+from .safeio import writing
 
 Scale = Literal["auto", "linear", "log"]
 AXIS_LABELS = {
@@ -63,6 +64,7 @@ def figure(runs: list[RunDir], x: str, y: str, labels: list[str], xscale: Scale 
 
 def save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    with writing(path):  # a failed write (disk full, a name too long) is one line, exit 4
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
     return path

@@ -7,7 +7,6 @@ commands, so that ``distbo run`` does not pay for matplotlib.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from .cli import command
@@ -32,6 +31,8 @@ def plot_runs(paths: list[str], x: str, y: str, out: str | None = None, xscale: 
 
     if out is not None:
         check_image_path(out)
+    if not 0 < dpi <= MAX_DPI:
+        raise ConfigError("--dpi", f"must be 1 .. {MAX_DPI} dots per inch, got {dpi}")
     runs = rundirs.load_all(paths)
     x, y = rundirs.field_name(runs, x, "--x"), rundirs.field_name(runs, y, "--y")
     fig = plotting.figure(runs, x, y, rundirs.labels(runs), xscale, yscale, title)
@@ -41,17 +42,19 @@ def plot_runs(paths: list[str], x: str, y: str, out: str | None = None, xscale: 
 
 
 IMAGE_TYPES = (".png", ".pdf", ".svg", ".eps", ".ps")
+MAX_DPI = 2400
 
 
 def check_image_path(out: str) -> None:
     """-o must name an image type matplotlib writes, and not lie under a file."""
-    from .folders import check_out
+    from .folders import check_link, check_out
 
     suffix = Path(out).suffix.lower()
     if suffix not in IMAGE_TYPES:
         raise ConfigError("-o", f"cannot tell the image type of '{out}' ({suffix or 'no suffix'}); "
                           f"allowed: {', '.join(IMAGE_TYPES)}")
     check_out(Path(out).parent, "-o")
+    check_link(Path(out), "-o")
 
 
 @command("plot", "plot a metric against bits, rounds or time for several runs", _plot_args)
@@ -65,8 +68,10 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by 'distbo run'")
     p.add_argument("--target", help="FIELD<=VALUE or FIELD>=VALUE (default: the best level every run reaches)")
     p.add_argument("--fields", help="comma-separated metrics fields to show (default: the quality metrics present)")
-    p.add_argument("--csv", help="write the table as CSV to this file")
-    p.add_argument("--md", help="write the table as Markdown to this file")
+    p.add_argument("-o", "--out", action="append", default=[], metavar="FILE", help="write the table to FILE "
+                   "(repeatable): .md for Markdown, .csv for CSV; a file distbo did not write is never replaced")
+    p.add_argument("--csv", help="write the table as CSV to this file (as -o FILE.csv)")
+    p.add_argument("--md", help="write the table as Markdown to this file (as -o FILE.md)")
 
 
 def compare_runs(paths: list[str], target: str | None = None, fields: list[str] | None = None):
@@ -83,23 +88,37 @@ def compare_runs(paths: list[str], target: str | None = None, fields: list[str] 
     return header + ["folder"], [row + [str(r.path)] for row, r in zip(body, runs)], tgt
 
 
+TABLE_TYPES = {".md": "to_markdown", ".csv": "to_csv"}
+
+
+def table_files(a: argparse.Namespace) -> list[tuple[Path, str]]:
+    """(file, tables.py writer) for each of -o/--out, --csv and --md, every one checked first."""
+    from . import owned
+
+    files = [(a.csv, "to_csv", "--csv")] if a.csv else []
+    files += [(a.md, "to_markdown", "--md")] if a.md else []
+    for p in a.out:
+        kind = TABLE_TYPES.get(Path(p).suffix.lower())
+        if kind is None:
+            raise ConfigError("-o", f"cannot tell the table type of '{p}' ({Path(p).suffix or 'no suffix'}); "
+                              f"allowed: {', '.join(TABLE_TYPES)}")
+        files.append((p, kind, "-o"))
+    return [(owned.check(p, flag), kind) for p, kind, flag in files]
+
+
 @command("compare", "a table of final metrics, costs, and the cost to reach a target", _compare_args)
 def cmd_compare(a: argparse.Namespace) -> int:
-    from . import tables
+    from . import owned, tables
 
+    files = table_files(a)  # before any work: a file distbo may not replace is refused at once
     fields = [f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None
     header, body, tgt = compare_runs(a.runs, a.target, fields)
     print(tables.to_text(header, body), end="")
     if tgt is not None and not a.target:
         print(f"target {tgt}: the best level every run reaches (set one with --target)")
-    csv_path, md_path = a.csv, a.md
-    if not csv_path and not md_path:  # both, next to the runs
-        parent = Path(os.path.commonpath([Path(r).resolve().parent for r in a.runs]))
-        csv_path, md_path = parent / "compare.csv", parent / "compare.md"
-    for path, text in ((csv_path, tables.to_csv), (md_path, tables.to_markdown)):
-        if path:
-            Path(path).write_text(text(header, body))
-            print(f"wrote {path}")
+    for path, kind in files:
+        owned.write(path, getattr(tables, kind)(header, body))
+        print(f"wrote {path}")
     return 0
 
 

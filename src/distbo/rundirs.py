@@ -56,8 +56,18 @@ def load(path: str | Path) -> RunDir:
     metrics = p / "metrics.jsonl"
     rows = read_rows(metrics) if metrics.is_file() else []
     summ = p / "summary.json"
-    return RunDir(p, read_json(p / "config.json", "RUN_DIR"), rows,
-                  read_json(summ, "RUN_DIR") if summ.is_file() else {})
+    return RunDir(p, distbo_config(p / "config.json"), rows, read_json(summ, "RUN_DIR") if summ.is_file() else {})
+
+
+def distbo_config(path: Path) -> dict[str, Any]:
+    """The configuration in ``path``, if it is one distbo wrote (task and algorithm are named sections)."""
+    conf = read_json(path, "RUN_DIR")
+    for key in ("task", "algorithm"):
+        sec = conf.get(key)
+        if not (isinstance(sec, dict) and isinstance(sec.get("name"), str)):
+            raise ConfigError("RUN_DIR", f"{path} is not a configuration distbo wrote ('{key}' is "
+                              f"{json.dumps(sec)[:40]}, expected a section with a name)")
+    return conf
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -87,6 +97,9 @@ def field_name(runs: list[RunDir], name: str, option: str) -> str:
     """``name`` (or its alias) as a metrics field every run has; else a one-line error."""
     name = ALIASES.get(name, name)
     for run in runs:
+        if not run.rows:
+            raise ConfigError("RUN_DIR", f"{run.path} has no metric rows (its run stopped before its first "
+                              "evaluation)")
         have = run.fields()
         if name not in have:
             where = f" in {run.path}" if len(runs) > 1 else ""

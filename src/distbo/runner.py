@@ -200,18 +200,29 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
         state, start, train_s = ck.state, ck.round, ck.train_s
         comm.stats = CommStats(**ck.stats)
         rows = checkpoint.restore_rows(out, ck.rows, truncate=comm.is_main)
-    files = Outputs(out, comm.is_main, fresh=ck is None)
-    files.write_json("config.json", config)
-    saved: int | None = start if ck is not None else None  # round of the last checkpoint
 
     exact = HypergradMetric(problem, run.seed) if run.eval_hypergrad else None
 
-    def evaluate(t: int) -> dict[str, Any]:
+    def measure(t: int) -> dict[str, Any]:
         x, y = algorithm.point(state)
         metrics = metric_row(problem.evaluate(x, y))
         if exact is not None and "hypergrad_norm" not in metrics:
             metrics.update(exact(x, y))
-        row = {"round": t, **comm.stats.as_dict(), "wall_s": round(train_s, 6), **metrics, **algorithm.metrics(state)}
+        return {"round": t, **comm.stats.as_dict(), "wall_s": round(train_s, 6), **metrics, **algorithm.metrics(state)}
+
+    first = measure(0) if ck is None else None
+    if first is not None:
+        control.check_fields(first)  # an unknown `until` field: refused before the folder is touched
+    if out is not None and comm.is_main:  # every check passed: clear the old run, record our files
+        with safeio.writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+        folders.start(out, folders.own_names(comm.world_size, run.engine), fresh=not resume)
+    files = Outputs(out, comm.is_main, fresh=ck is None)
+    files.write_json("config.json", config)
+    saved: int | None = start if ck is not None else None  # round of the last checkpoint
+
+    def evaluate(t: int, row: dict[str, Any] | None = None) -> dict[str, Any]:
+        row = row if row is not None else measure(t)
         files.append_row(row)  # first: a row that could not be written is not in the summary either
         rows.append(row)
         return row
@@ -221,7 +232,7 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
     bar = tqdm(total=run.rounds, initial=start, disable=not show, leave=False,
                desc=f"{run.algorithm['name']}", unit="round")
     try:
-        reached = control.after_eval(evaluate(0), rows[0]) if ck is None else False
+        reached = control.after_eval(evaluate(0, first), first) if first is not None else False
         for t in range(start, start if reached else run.rounds):
             tic = time.perf_counter()
             state = algorithm.step(state, t)
@@ -297,6 +308,7 @@ def resume(out: str | Path, progress: bool = False, problem: Problem | None = No
         raise ConfigError("--resume", "a Flower run cannot be resumed (its nodes keep their state in Flower's "
                           "contexts); start it again")
     if res.run.procs > 1 and comm is None and not in_job():  # each process reads its own shard
+        checkpoint.check_procs(Path(out), res.run.procs)  # a mismatch: one line, before any process starts
         return run_procs(raw, user_problem, Path(out), progress, res.run.procs, res.run.timeout,
                          res.run.workers, resume=True)
     return execute(res, problem, Path(out), progress, comm, resume=True)
@@ -347,12 +359,15 @@ def run(task: str | dict | Problem = "quadratic", algorithm: str | dict = "soba"
     user_problem = problem
     res, problem = resolve(raw, problem)
     out = Path(out) if out is not None else None
+    spawns = comm is None and (res.run.engine == "flower" or (res.run.procs > 1 and not in_job()))
+    if spawns and out is not None:  # refused here; cleared by the main process once the run's checks pass
+        folders.check_out(out)
+        folders.refuse_existing(out, overwrite)
     if res.run.engine == "flower" and comm is None:  # Flower apps (flower/)
         from .flower import run_flower
 
-        return run_flower(raw, out, progress, user_problem)
+        return run_flower(raw, out, progress, user_problem, overwrite)
     if res.run.procs > 1 and comm is None and not in_job():  # start the processes (launch.py)
-        if out is not None:
-            folders.prepare_locked(out, overwrite)
-        return run_procs(raw, user_problem, out, progress, res.run.procs, res.run.timeout, res.run.workers)
+        return run_procs(raw, user_problem, out, progress, res.run.procs, res.run.timeout, res.run.workers,
+                         overwrite=overwrite)
     return execute(res, problem, out, progress, comm, overwrite=overwrite)

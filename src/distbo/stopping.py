@@ -29,17 +29,7 @@ from .errors import ConfigError, DivergenceError
 
 GROWTH_METRICS = ("upper_loss", "hypergrad_norm")
 METRIC_FLOOR = 1.0
-SYNTAX = "expected FIELD<=VALUE or FIELD>=VALUE with a number VALUE (e.g. hypergrad_norm<=1e-3)"
-
-
-def parse_until(text: str):
-    """The Target of an ``until`` string; ValueError (for the config check) if it is malformed."""
-    from .tables import parse_target
-
-    try:
-        return parse_target(text)
-    except ConfigError:
-        raise ValueError(f"{SYNTAX}, got '{text}'") from None
+from .until import SYNTAX, parse_until  # noqa: F401  (torch-free: the config check uses it)
 
 
 def target_info(until: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,9 +68,7 @@ class RunControl:
         past its limit, True if the target is met. Every process gets rank 0's answer."""
         if self.target is None and not self.factor:  # nothing to check (the same in every process)
             return False
-        if self.target is not None and self.target.field not in row:
-            allowed = sorted(k for k, v in row.items() if _number(v))
-            raise ConfigError("until", f"unknown field '{self.target.field}'; allowed: {', '.join(allowed)}")
+        self.check_fields(row)
         grown = self._grown(row, first) if self.comm.is_main else None
         reached = self.comm.is_main and self.target is not None and _number(row[self.target.field]) \
             and self.target.reached(row[self.target.field])
@@ -94,6 +82,12 @@ class RunControl:
         if grown is not None:
             raise DivergenceError(self._grew(row["round"], *grown))
         return bool(reached)
+
+    def check_fields(self, row: dict[str, Any]) -> None:
+        """ConfigError if the target's field is not one of the row's (the round-0 row, before any output)."""
+        if self.target is not None and self.target.field not in row:
+            allowed = sorted(k for k, v in row.items() if _number(v))
+            raise ConfigError("until", f"unknown field '{self.target.field}'; allowed: {', '.join(allowed)}")
 
     def _grown(self, row: dict[str, Any], first: dict[str, Any]) -> tuple[str, float, float] | None:
         if not self.factor:

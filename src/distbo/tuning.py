@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cli import _config_args, command
-from .config import DEFAULT_NAMES, RunConfig
+from .config import DEFAULT_NAMES, RunConfig, check_run
 from .errors import ConfigError, DivergenceError, unknown
-from .stopping import RunControl, parse_until
+from .registry import validate
+from .until import parse_until
 
 SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 STEP_KEYS = ("alpha", "beta", "gamma")
@@ -81,6 +82,8 @@ def _search(raw, problem, out, metric, budget, scales, thetas, log) -> TuneResul
     probe = _run({**raw, "procs": 1, "until": "round>=0", "checkpoint_every": 0}, problem, None)
     base, first = probe.config, probe.metrics[0]
     if raw.get("until") is not None:
+        from .stopping import RunControl
+
         RunControl(raw["until"], 0, (probe.x, probe.y), _Solo()).after_eval(first, first)  # a known field?
     metric = metric or ("hypergrad_norm" if "hypergrad_norm" in first else "upper_loss")
     if metric not in first:
@@ -137,7 +140,6 @@ def _run(raw: dict[str, Any], problem, out: Path | None):
 def _candidates(resolved: dict[str, Any], raw: dict[str, Any], scales, thetas) -> list[Candidate]:
     """The grid, in order; candidates outside the schema's ranges are left out."""
     from .algorithms import ALGORITHMS
-    from .registry import validate
 
     user = raw.get("algorithm", DEFAULT_NAMES["algorithm"])
     user = {"name": user} if isinstance(user, str) else dict(user)
@@ -147,8 +149,9 @@ def _candidates(resolved: dict[str, Any], raw: dict[str, Any], scales, thetas) -
     theta0 = resolved.get("theta")
     if thetas is None and isinstance(theta0, (int, float)):
         thetas = tuple(sorted({min(1.0, t) for t in (theta0 / 3, theta0, theta0 * 3, 1.0)}))
-    grid = [(s, t) for s in scales for t in (thetas if "theta" in resolved and thetas else (None,))]
     params = ALGORITHMS.get(resolved["name"], "algorithm.name").params
+    _check_thetas(params, resolved, thetas)
+    grid = [(s, t) for s in scales for t in (thetas if "theta" in resolved and thetas else (None,))]
     out = []
     for s, t in grid:
         alg = {**user, **{k: v * s for k, v in steps.items()}, **({"theta": t} if t is not None else {})}
@@ -160,6 +163,20 @@ def _candidates(resolved: dict[str, Any], raw: dict[str, Any], scales, thetas) -
     if not out:
         raise ConfigError("--scales", "every candidate is outside the ranges of the algorithm's step sizes")
     return out
+
+
+def _check_thetas(params, resolved: dict[str, Any], thetas) -> None:
+    """--thetas only for an algorithm with a theta, and every value in theta's range (none dropped)."""
+    if not thetas:
+        return
+    if "theta" not in resolved:
+        raise ConfigError("--thetas", f"{resolved['name']} has no theta (moving-average weight); drop --thetas")
+    rest = {k: v for k, v in resolved.items() if k != "name"}
+    for t in thetas:
+        try:
+            validate(params, {**rest, "theta": t}, "algorithm")
+        except ConfigError as exc:
+            raise ConfigError("--thetas", f"{t:g} is not a valid theta ({exc.message})") from None
 
 
 def _score(trial: dict[str, Any], problem, folder: Path, metric: str) -> tuple[tuple[int, float], str]:
@@ -269,9 +286,10 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from .cli import raw_config
 
     raw = raw_config(a)
+    check_run(raw)  # before torch is imported: a bad flag (--until 'x<1') answers at once
+    scales, thetas = _floats(a.scales, "--scales") or SCALES, _floats(a.thetas, "--thetas")
     out = Path(a.out) if a.out else Path("runs") / f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = _search(raw, None, out, a.metric, a.budget, _floats(a.scales, "--scales") or SCALES,
-                     _floats(a.thetas, "--thetas"), (lambda s: None) if a.quiet else print)
+    result = _search(raw, None, out, a.metric, a.budget, scales, thetas, (lambda s: None) if a.quiet else print)
     print(tables.to_text(result.header, result.rows), end="")
     print(f"score: {result.score}")
     print(f"best: {result.winner.label}; wrote {out / 'best.toml'} (run it: distbo run {out / 'best.toml'})")

@@ -140,6 +140,9 @@ def _check_pair(img: np.ndarray, lab: np.ndarray, files: tuple[Path, Path]) -> N
 def _check_classes(train: np.ndarray, test: np.ndarray | None, files: dict[str, Path]) -> None:
     """Training labels must be exactly the classes 0..K-1 (each present); test labels below K."""
     k = int(train.max()) + 1
+    if np.unique(train).size < 2:
+        raise ValueError(f"{files['train_labels']}: every training label is {int(train.max())}; a classification "
+                         "task needs at least 2 classes")
     missing = np.setdiff1d(np.arange(k), train)
     if missing.size:
         raise ValueError(f"{files['train_labels']}: labels must be 0..K-1 with every class present; the largest "

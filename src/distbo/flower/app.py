@@ -112,7 +112,7 @@ def wait_for_nodes(grid: Grid, nodes: int, timeout: float) -> list[int]:
         time.sleep(0.2)
 
 
-def serve(grid: Grid, raw: dict[str, Any], out: Path | None, progress: bool = False):
+def serve(grid: Grid, raw: dict[str, Any], out: Path | None, progress: bool = False, overwrite: bool = False):
     """The ServerApp's work: the whole run, through ``grid``; the runner's Result, with the
     Flower byte counts in ``extra["flower"]`` (and in ``out``/flower.json)."""
     from ..runner import execute, resolve
@@ -122,7 +122,7 @@ def serve(grid: Grid, raw: dict[str, Any], out: Path | None, progress: bool = Fa
     blocks(res.run.workers, nodes)  # fail before waiting
     ids = wait_for_nodes(grid, nodes, res.run.timeout)
     trip = GridRoundTrip(grid, ids, raw, res.run.workers, res.run.timeout)
-    result = execute(res, problem, out, progress, comm=ServerComm(res.run.workers, trip))
+    result = execute(res, problem, out, progress, comm=ServerComm(res.run.workers, trip), overwrite=overwrite)
     result.extra["flower"] = {**trip.log.as_dict(), "nodes": nodes}
     if result.out is not None:
         (result.out / "flower.json").write_text(json.dumps(result.extra["flower"], indent=2) + "\n")
@@ -139,7 +139,7 @@ def _main(grid: Grid, context: Context) -> None:
     raw = json.loads(str(context.run_config["distbo"]))
     out = Path(str(context.run_config.get("out") or "runs/flower")).absolute()
     try:
-        result = serve(grid, raw, out)
+        result = serve(grid, raw, out, overwrite=bool(context.run_config.get("overwrite", False)))
     except Exception as exc:
         out.mkdir(parents=True, exist_ok=True)
         (out / "error.txt").write_text(f"{exc}\n")

@@ -47,6 +47,7 @@ clientapp = "distbo.flower.app:client_app"
 [tool.flwr.app.config]
 distbo = {config}
 out = {out}
+overwrite = {overwrite}
 """
 
 
@@ -100,7 +101,7 @@ class Processes:
                 p.wait()
 
 
-def run_deployment(raw: dict[str, Any], out: Path | None, progress: bool = False):
+def run_deployment(raw: dict[str, Any], out: Path | None, progress: bool = False, overwrite: bool = False):
     from ..config import check_run
     from ..runner import Result
 
@@ -115,7 +116,8 @@ def run_deployment(raw: dict[str, Any], out: Path | None, progress: bool = False
     link = free_port()  # flwr 1.42 serves the Runtime, Control and Fleet APIs on one HTTP port
     (home / "config.toml").write_text(f'[superlink]\ndefault = "distbo-local"\n\n[superlink.distbo-local]\n'
                                       f'address = "{HOST}:{link}"\ninsecure = true\n')
-    (app / "pyproject.toml").write_text(APP.format(config=json.dumps(json.dumps(raw)), out=json.dumps(str(out))))
+    (app / "pyproject.toml").write_text(APP.format(config=json.dumps(json.dumps(raw)), out=json.dumps(str(out)),
+                                                  overwrite=json.dumps(overwrite)))
     bindir = str(Path(sys.executable).parent)  # flower-superexec, flwr-serverapp, flwr-clientapp
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}

@@ -72,7 +72,7 @@ class LocalGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run_flower(raw: dict[str, Any], out: Path | None, progress: bool = False):
+def run_flower(raw: dict[str, Any], out: Path | None, progress: bool = False, overwrite: bool = False):
     """``engine = "flower"``: the run through Flower, in the configured runtime."""
     from ..config import check_run
 
@@ -81,5 +81,5 @@ def run_flower(raw: dict[str, Any], out: Path | None, progress: bool = False):
     if run.flower.runtime == "deployment":
         from .deploy import run_deployment
 
-        return run_deployment(raw, out, progress)
-    return serve(LocalGrid(run.flower.nodes or run.workers), raw, out, progress)
+        return run_deployment(raw, out, progress, overwrite)
+    return serve(LocalGrid(run.flower.nodes or run.workers), raw, out, progress, overwrite)
