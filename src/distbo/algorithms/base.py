@@ -58,7 +58,7 @@ class StepSizes(Params):
     (distbo/defaults.py, docs/defaults.md)."""
 
     alpha: float | None = Field(None, gt=0, description="upper-level (x) step size", json_schema_extra=derived(
-        "0.5/L_Phi (else 0.5/max(L_g, L_f_xx)) x compressor factor on d_x (x min(1, 2 theta) with a moving average); rabo/rafbo: / T"))
+        "0.5/L_Phi in closed form, else max(0.5/max(L_g, L_f_xx), 0.1/L_Phi estimated at the run's horizon) x compressor factor on d_x (x min(1, 2 theta) with a moving average); rabo/rafbo: / T"))
     beta: float | None = Field(None, gt=0, description="lower-level (y) step size", json_schema_extra=derived(
         "1/L_g x compressor factor on d_y; rabo/rafbo: min(1/L_g, 1/(T L_g,max))"))
     gamma: float | None = Field(None, gt=0, description="linear-system (v) step size", json_schema_extra=derived(
