@@ -30,7 +30,9 @@ def run_cli(*argv):
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()} if folder else {}
+    """The run's files (not the lock files, which a failed --overwrite on a read-only disk cannot remove)."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())
+            if p.is_file() and not p.name.startswith(".lock-")} if folder else {}
 
 
 def rows_of(folder):

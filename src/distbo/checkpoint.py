@@ -44,7 +44,8 @@ class Checkpoint:
 def claim(out: Path | None, rank: int):
     """Hold an exclusive lock on this process's part of the run folder while the run lives, so that
     two runs (say a resume, and the not yet dead processes of a killed run) never write one folder.
-    The operating system releases it when the process ends, however it ends."""
+    The operating system releases it when the process ends, however it ends; a run that ends
+    removes the file (while still holding the lock), so a finished folder holds no lock file."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -53,18 +54,32 @@ def claim(out: Path | None, rank: int):
         yield
         return
     lock = Path(out) / f".lock-rank{rank}"
-    with safeio.writing(lock):
-        Path(out).mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        with safeio.writing(lock):
+            Path(out).mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise ConfigError("--out", f"{out} is in use by another running process (rank {rank}); "
                               "wait for it to end or stop it") from None
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # the file was removed by a run that ended meanwhile: lock the new one
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
         os.close(fd)
+
+
+def _same_file(fd: int, p: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(p))
+    except OSError:
+        return False
 
 
 def path(out: Path, rank: int) -> Path:
