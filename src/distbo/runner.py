@@ -32,7 +32,7 @@ from .devices import default_device, resolve_device, to_device
 from .errors import ConfigError, DivergenceError
 from .launch import in_job, make_comm, run_procs
 from .problems import TASKS, Problem
-from .problems.checks import check_problem, metric_row, user_settings
+from .problems.checks import check_problem, check_user_problem, metric_row, user_settings
 from .registry import validate
 
 CONTRACT_FIELDS = ("round", "bits_up", "bits_down", "comm_rounds", "wall_s", "upper_loss")
@@ -76,8 +76,10 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
         task_params = validate(entry.params, {k: v for k, v in run.task.items() if k != "name"}, "task")
         memory.check_task(run.task["name"], task_params, run.workers, DTYPES[run.dtype].itemsize)
         problem = entry.build(task_params, workers=run.workers, seed=run.seed, dtype=DTYPES[run.dtype])
-    elif problem.n_workers != run.workers:
-        run = run.model_copy(update={"workers": problem.n_workers})
+    else:
+        check_user_problem(problem, run)  # malformed losses or data: one line before any derivation
+        if problem.n_workers != run.workers:
+            run = run.model_copy(update={"workers": problem.n_workers})
     for name in ("compressor", "downlink"):
         check_sizes(make_compressor(getattr(run, name), name), (problem.d_x, problem.d_y), name)
     name = run.algorithm["name"]
