@@ -164,3 +164,14 @@ def test_a_batch_larger_than_a_shard_is_said_on_stderr(capsys):
 def test_the_well_formed_table_problem_runs():
     r = distbo.run(_module_problem(), rounds=2, eval_every=1)
     assert len(r.metrics) == 3 and all(np.isfinite(m["upper_loss"]) for m in r.metrics)
+
+
+class NanFeatures(SoftplusProblem):
+    def __init__(self):
+        super().__init__()
+        self.feats[1] = float("nan")
+
+
+def test_non_finite_batches_of_a_flat_problem_name_the_level_and_worker():
+    with pytest.raises(ConfigError, match=r"^f: worker 1's f-batches hold NaN or inf"):
+        distbo.run(NanFeatures(), rounds=1)

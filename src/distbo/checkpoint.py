@@ -216,7 +216,7 @@ def load_config(out: Path, user_problem: bool = False) -> dict[str, Any]:
         raise ConfigError("--resume", f"{out} is not a run folder (no config.json)")
     conf = safeio.read_json(p, "--resume")
     custom = conf.get("task", {}).get("name") == "custom"
-    if custom and not user_problem:
+    if custom and not user_problem and not conf.get("problem"):  # problem = "FILE.py:FUNCTION" is called again
         raise ConfigError("--resume", "this run used a user-defined Problem; resume it from Python with "
                           "distbo.runner.resume(DIR, problem=...)")
     return {k: v for k, v in conf.items() if k in RunConfig.model_fields and not (k == "task" and custom)}

@@ -62,7 +62,10 @@ def task_defaults(problem: Problem, algorithm: str, fields: dict) -> dict[str, A
 
 
 def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolved, Problem]:
-    """Check every field, then build the problem (a user Problem is taken as it is)."""
+    """Check every field, then build the problem (a user Problem is taken as it is; ``problem =
+    "FILE.py:FUNCTION"`` is called here, problemfile.py)."""
+    if problem is None and raw.get("problem") is not None:
+        problem = load_problem(raw)
     run = check_run(raw)
     resolve_device(run.device)  # CUDA asked for and absent: one line before any work
     alg_entry = ALGORITHMS.get(run.algorithm["name"], "algorithm.name")
@@ -88,6 +91,19 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
     hp = validate(alg_entry.params, {**{k: v for k, v in task.items() if k not in base}, **user_alg}, "algorithm")
     hp, derived = resolve_hyper(name, hp, problem, run.compressor, run.seed, base, run.clients.fraction)
     return Resolved(run, task_params, hp, derived), problem
+
+
+def load_problem(raw: dict[str, Any]) -> Problem:
+    """The Problem of ``raw["problem"]`` (FILE.py:FUNCTION); its workers and dtype go into ``raw``."""
+    from .problemfile import load
+
+    if "task" in raw:
+        raise ConfigError("problem", "is your own problem; drop the task (--task, task.* settings), which names "
+                          "a built-in one")
+    raw["problem"] = check_run({"problem": raw["problem"]}).problem  # FILE absolute: the same in every process
+    problem = load(raw["problem"])
+    user_settings(problem, raw)
+    return problem
 
 
 def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
@@ -321,7 +337,7 @@ def python_raw(task: str | dict | Problem, algorithm: str | dict, overrides: lis
 
     problem = task if isinstance(task, Problem) else None
     raw: dict[str, Any] = {"algorithm": algorithm, **top}
-    if problem is None:
+    if problem is None and not (top.get("problem") is not None and task == "quadratic"):  # problem="F.py:FN"
         raw["task"] = task
     for item in overrides or []:
         apply_set(raw, item)

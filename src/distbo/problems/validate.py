@@ -147,11 +147,22 @@ def _value(problem: Any, level: str, x: Tensor, y: Tensor, batch: Any) -> Tensor
     return out
 
 
+def _finite_batches(problem: Any, key: Tensor) -> None:
+    """Every worker's first f- and g-batch holds finite floats (else: the level and the worker)."""
+    for level in ("f", "g"):
+        for t in tree_leaves(problem.sample(level, torch.arange(problem.n_workers), key)):
+            if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int(torch.nonzero(~torch.isfinite(t.reshape(t.shape[0], -1)).all(1))[0])
+                raise ConfigError(level, f"worker {bad}'s {level}-batches hold NaN or inf; distbo refuses "
+                                  "non-finite data (drop or impute those samples)")
+
+
 def check_losses(problem: Any, seed: int) -> None:
     """f and g of worker 0 at (x0, y0): they run, return finite scalars, and g curves in y."""
     x0, y0 = problem.init(seed)
     worker = torch.zeros(1, dtype=torch.int64)
     key = rng.key(seed, 0xC4EC)
+    _finite_batches(problem, key)
     for level in ("f", "g"):
         _value(problem, level, x0, y0, _one(problem.sample(level, worker, key)))
     batch = _one(problem.sample("g", worker, key))
