@@ -1,0 +1,104 @@
+"""Entry points (registry.py): a package installed in the test session registers an algorithm, a
+compressor and a task; ``distbo list`` shows them and ``distbo run`` runs them by name, in every
+process of --procs; a broken entry point is one warning line and the rest still loads."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PACKAGE = {
+    "algos.py": '''
+from distbo.algorithms import ALGORITHMS, StepSizes
+from distbo.algorithms.compression import ErrorFeedbackUplink
+from distbo.algorithms.soba import SOBA
+
+
+@ALGORITHMS.register("plug-ef", StepSizes, "SOBA with error feedback, from a plugin")
+def _plug_ef(ctx, hp):
+    return SOBA(ctx, hp, uplink=ErrorFeedbackUplink(ctx.compressor, None, ctx.problem.dtype))
+''',
+    "comp.py": '''
+import torch
+from distbo.compressors import COMPRESSORS, Compressor
+
+
+class Half(Compressor):
+    kind = "contractive"
+
+    def encode(self, u, keys):
+        return {"values": (u.to(torch.float16), 16)}
+
+    def decode(self, fields, d):
+        return fields["values"][0].float()
+
+    def delta(self, d):
+        return 0.99
+
+
+def register():
+    COMPRESSORS.register("plug-half", summary="values in float16, 16 bits each")(lambda arg: Half())
+''',
+    "tasks.py": '''
+from distbo.problems import TASKS
+from distbo.problems.quadratic import Quadratic
+from distbo.registry import Params
+
+
+class Small(Params):
+    d: int = 3
+
+
+@TASKS.register("plug-quad", Small, "a small quadratic, from a plugin")
+def _plug_quad(p, workers, seed, dtype):
+    return Quadratic(workers=workers, d_x=p.d, d_y=p.d + 1, seed=seed, dtype=dtype)
+''',
+}
+ENTRY_POINTS = """[distbo.algorithms]
+plug-ef = distbo_test_plugin.algos
+
+[distbo.compressors]
+plug-half = distbo_test_plugin.comp:register
+
+[distbo.tasks]
+plug-quad = distbo_test_plugin.tasks
+broken = distbo_test_plugin.no_such_module
+"""
+
+
+def install(where: Path) -> None:
+    """The package and its metadata (a dist-info folder, as pip writes it) on a folder of sys.path."""
+    pkg = where / "distbo_test_plugin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name, text in PACKAGE.items():
+        (pkg / name).write_text(text)
+    info = where / "distbo_test_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: distbo-test-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+
+
+def distbo(where: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(where)])}
+    return subprocess.run([sys.executable, "-m", "distbo", *args], cwd=where, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_plugin_package_is_listed_and_run_by_name(tmp_path):
+    install(tmp_path)
+    listed = distbo(tmp_path, "list")
+    assert listed.returncode == 0, listed.stderr
+    for name in ("plug-ef", "plug-half", "plug-quad"):
+        line = next(line for line in listed.stdout.splitlines() if line.split()[:1] == [name])
+        assert line.endswith("[plugin: distbo-test-plugin]"), line
+    warning = [line for line in listed.stderr.splitlines() if "broken" in line]
+    assert len(warning) == 1 and "skipped the task plugin 'broken'" in warning[0] and "ModuleNotFoundError" in warning[0]
+    ran = distbo(tmp_path, "run", "--task", "plug-quad", "--algorithm", "plug-ef", "--compressor", "plug-half",
+                 "--workers", "4", "--procs", "2", "--rounds", "20", "--out", "r", "--quiet")
+    assert ran.returncode == 0, ran.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["bits_up"] == 20 * 4 * 16 * (3 + 2 * 4)  # rounds x workers x 16 bits x (d_x + 2 d_y)
+    assert rows[-1]["hypergrad_norm"] < 0.1 * rows[0]["hypergrad_norm"]
