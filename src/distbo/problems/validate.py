@@ -31,6 +31,10 @@ def _shape(t: Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
+def _dtype(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
 def worker_list(data: Any, what: str) -> Sequence[Any]:
     """``data`` as one dataset per worker, or a ConfigError saying what is expected."""
     if isinstance(data, Tensor):
@@ -70,13 +74,13 @@ def check_shards(parts: Sequence[tuple[Tensor, ...]], what: str) -> None:
 
 def check_test(test: tuple[Tensor, ...], train: tuple[Tensor, ...], default_predict: bool) -> None:
     """The test set: finite, integer labels (its last tensor), inputs shaped like the training inputs."""
-    inputs, labels = test[0], test[-1]
     if len(test) < 2:
         raise ConfigError("test", f"expected (X, Y), inputs and integer labels, got {len(test)} tensor")
+    inputs, labels = test[0], test[-1]
     check_shards([test], "test")
     if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ConfigError("test", f"its labels (the last tensor) are {str(labels.dtype).removeprefix('torch.')}; test_loss / test_acc need "
-                          "integer class labels (e.g. Y.long())")
+        raise ConfigError("test", f"its labels (the last tensor) are {_dtype(labels)}; test_loss / test_acc "
+                          "need integer class labels (e.g. Y.long())")
     if default_predict and inputs.shape[1:] != train[0].shape[1:]:
         raise ConfigError("test", f"its inputs have shape {_shape(inputs)}, the workers' training inputs "
                           f"[*, {', '.join(map(str, train[0].shape[1:]))}]; give test inputs shaped like the "
@@ -101,7 +105,9 @@ def check_predict(upper: Any, lower: Any, test: Any, predict: Any) -> None:
 
 def warn_batch_size(batch_size: Any, size: Tensor, what: str) -> None:
     """One line on stderr when a batch is larger than a worker's shard (rows then repeat)."""
-    if isinstance(batch_size, int) and batch_size > int(size.min()):
+    from ..launch import rank
+
+    if isinstance(batch_size, int) and batch_size > int(size.min()) and rank() == 0:
         i = int(size.argmin())
         sys.stderr.write(f"distbo: warning: {what} {batch_size} is larger than worker {i}'s {int(size[i])} "
                          "samples; minibatches are drawn with replacement, so rows repeat within a batch "
@@ -115,14 +121,14 @@ def _one(batch: Any) -> Any:
 
 def _describe(batch: Any) -> str:
     leaves = [t for t in tree_leaves(batch) if isinstance(t, Tensor)]
-    return ", ".join(f"{_shape(t)} {str(t.dtype).removeprefix('torch.')}" for t in leaves[:4])
+    return ", ".join(f"{_shape(t)} {_dtype(t)}" for t in leaves[:4])
 
 
 def _hint(exc: Exception, batch: Any) -> str:
     labels = [t for t in tree_leaves(batch) if isinstance(t, Tensor)][-1:]
     msg = str(exc)
     if labels and labels[0].is_floating_point() and any(w in msg for w in ("Long", "Int", "int64", "dtype")):
-        return f" (the batch's last tensor is {str(labels[0].dtype).removeprefix('torch.')}: class labels must be integers, e.g. Y.long())"
+        return f" (the batch's last tensor is {_dtype(labels[0])}: class labels must be integers, e.g. Y.long())"
     return ""
 
 
