@@ -20,6 +20,11 @@ from distbo.algorithms.soba import SOBA
 def _plug_ef(ctx, hp):
     return SOBA(ctx, hp, uplink=ErrorFeedbackUplink(ctx.compressor, None, ctx.problem.dtype))
 ''',
+    "dup.py": '''
+from distbo.algorithms import ALGORITHMS
+
+ALGORITHMS.register("soba")(lambda ctx, hp: None)  # a built-in name: refused, the built-in stays
+''',
     "comp.py": '''
 import torch
 from distbo.compressors import COMPRESSORS, Compressor
@@ -58,6 +63,7 @@ def _plug_quad(p, workers, seed, dtype):
 }
 ENTRY_POINTS = """[distbo.algorithms]
 plug-ef = distbo_test_plugin.algos
+dup = distbo_test_plugin.dup
 
 [distbo.compressors]
 plug-half = distbo_test_plugin.comp:register
@@ -81,24 +87,32 @@ def install(where: Path) -> None:
     (info / "entry_points.txt").write_text(ENTRY_POINTS)
 
 
-def distbo(where: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(where)])}
-    return subprocess.run([sys.executable, "-m", "distbo", *args], cwd=where, env=env, capture_output=True,
-                          text=True, timeout=300)
+LIST_AND_RUN = """
+import sys
+from distbo.cli import main
+main(["list"])
+print("---")
+sys.exit(main(["run", "--task", "plug-quad", "--algorithm", "plug-ef", "--compressor", "plug-half", "--workers", "4",
+               "--procs", "2", "--rounds", "20", "--out", "r", "--quiet"]))
+"""
 
 
 def test_a_plugin_package_is_listed_and_run_by_name(tmp_path):
     install(tmp_path)
-    listed = distbo(tmp_path, "list")
-    assert listed.returncode == 0, listed.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(tmp_path)])}
+    done = subprocess.run([sys.executable, "-c", LIST_AND_RUN], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.split("---")[0].splitlines()
     for name in ("plug-ef", "plug-half", "plug-quad"):
-        line = next(line for line in listed.stdout.splitlines() if line.split()[:1] == [name])
+        line = next(line for line in listed if line.split()[:1] == [name])
         assert line.endswith("[plugin: distbo-test-plugin]"), line
-    warning = [line for line in listed.stderr.splitlines() if "broken" in line]
+    warning = [line for line in done.stderr.splitlines() if "broken" in line]
     assert len(warning) == 1 and "skipped the task plugin 'broken'" in warning[0] and "ModuleNotFoundError" in warning[0]
-    ran = distbo(tmp_path, "run", "--task", "plug-quad", "--algorithm", "plug-ef", "--compressor", "plug-half",
-                 "--workers", "4", "--procs", "2", "--rounds", "20", "--out", "r", "--quiet")
-    assert ran.returncode == 0, ran.stderr
+    assert sum("skipped the algorithm plugin 'dup'" in line and "'soba' is already registered" in line
+               for line in done.stderr.splitlines()) == 1
+    soba = next(line for line in listed if line.split()[:1] == ["soba"])
+    assert "Dagreou" in soba and "plugin" not in soba
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["bits_up"] == 20 * 4 * 16 * (3 + 2 * 4)  # rounds x workers x 16 bits x (d_x + 2 d_y)
     assert rows[-1]["hypergrad_norm"] < 0.1 * rows[0]["hypergrad_norm"]

@@ -9,6 +9,7 @@ skipped with one warning line on stderr. Their summaries end with "[plugin: DIST
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import types
@@ -82,8 +83,8 @@ class Registry:
                     obj()
             except Exception as exc:  # noqa: BLE001 - a third party's package: said, then skipped
                 text = str(exc).strip().splitlines()
-                sys.stderr.write(f"distbo: warning: skipped the {self.kind} plugin '{ep.name}' ({ep.value}) of "
-                                 f"{self._plugin}: {type(exc).__name__}: {text[0] if text else ''}\n")
+                _warn(f"skipped the {self.kind} plugin '{ep.name}' ({ep.value}) of {self._plugin}: "
+                      f"{type(exc).__name__}: {text[0] if text else ''}")
             finally:
                 self._plugin = None
 
@@ -100,6 +101,13 @@ class Registry:
     def entries(self) -> list[Entry]:
         self.load_plugins()
         return list(self._entries.values())
+
+
+def _warn(message: str) -> None:
+    """One warning line, from one process: not from the processes launch.run_procs starts (their
+    launcher loaded the same entry points and said it), nor from ranks > 0 of a torchrun job."""
+    if os.environ.get("RANK", "0") == "0" and "DISTBO_INIT_METHOD" not in os.environ:
+        sys.stderr.write(f"distbo: warning: {message}\n")
 
 
 def _scalar_types(annotation: Any) -> tuple[set, Any]:
