@@ -47,5 +47,6 @@ def test_two_seeds_give_identical_metrics(sizes):
     strip = [[{k: v for k, v in r.items() if k != "wall_s"} for r in run.metrics] for run in runs]
     assert strip[0] == strip[1] and strip[0][-1]["upper_loss"] < strip[0][0]["upper_loss"]
     assert runs[0].config["algorithm"] == runs[1].config["algorithm"]  # the same derived step sizes
+    assert runs[0].config["task_info"]["batch_size"] == "full"
     mini = distbo.run(problem(sizes, batch_size=3), algorithm="soba", rounds=6, eval_every=2, seed=7)
     assert mini.metrics[-1]["upper_loss"] != strip[0][-1]["upper_loss"]

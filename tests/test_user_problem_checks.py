@@ -139,6 +139,13 @@ MALFORMED = [  # (what, change, field, needles)
     ("upper module without forward, test= set", dict(upper=lambda kw: NoForward()), "predict",
      ["NoForward has no forward()", "predict="]),
     ("f raises", dict(f=lambda up, low, b: low(b[0][:, :3]).sum()), "f", ["f(...) failed", "RuntimeError"]),
+    ("f is NaN at the start", dict(f=lambda up, low, b: low(b[0]).sum() * float("nan")), "f",
+     ["is nan at the starting point"]),
+    ("one worker's labels are floats", dict(train=lambda kw: [(X, Y.float() if i == 1 else Y)
+                                                              for i, (X, Y) in enumerate(kw["train"])]),
+     "train", ["worker 1's tensor 1 is torch.float32", "int64", ".long()"]),
+    ("a test set of one tensor", dict(test=lambda kw: (kw["test"][0],)), "test", ["expected (X, Y)"]),
+    ("val_batch_size -1", dict(val_batch_size=-1), "val_batch_size", ['"full"', "got -1"]),
     ("batch_size 0", dict(batch_size=0), "batch_size", ['"full"', "got 0"]),
     ("batch_size 'all'", dict(batch_size="all"), "batch_size", ['"full"']),
 ]

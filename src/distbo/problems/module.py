@@ -13,7 +13,10 @@ and ``low``: callables that run the module at the current x / y (``torch.func.fu
 over views of the flat vector), each with ``.params`` (name -> tensor view); a tensor ``upper`` (a
 hyper-parameter vector) is passed as a tensor of its own shape. ``batch`` is a tuple of one worker's
 samples (a tuple of tensors with B rows). Batches are drawn with distbo.rng (the same rows in every
-process); buffers (e.g. batch-norm statistics) are read from the modules, never updated.
+process); ``batch_size="full"`` gives every worker's whole shard instead, every time (shards of
+different sizes: padded, and f / g averaged over the real samples evaluated one by one). Buffers
+(e.g. batch-norm statistics) are read from the modules, never updated. A malformed problem is one
+ConfigError naming the culprit (problems/validate.py).
 
 Data: ``train`` (g's samples) and ``val`` (f's), each a list of per-worker tuples of tensors or of
 torch ``Dataset``s; or ONE dataset and ``partition="iid" | "dirichlet:A" | "shards:K"`` with
@@ -362,6 +365,7 @@ class ModuleProblem(Problem):
         return {"problem": "ModuleProblem", "d_x": self.d_x, "d_y": self.d_y,
                 "upper": type(self.upper).__name__, "lower": type(self.lower).__name__,
                 "client_train_sizes": self.train.size.tolist(), "client_val_sizes": self.val.size.tolist(),
+                "batch_size": self.batch_size, "val_batch_size": self.val_batch_size,
                 "hidden_units": list(self.net.sizes[1:-1]) if self.net is not None else None,
                 "test_size": None if self.test is None else int(self.test[0].shape[0])}
 
