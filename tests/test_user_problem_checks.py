@@ -182,3 +182,11 @@ class NanFeatures(SoftplusProblem):
 def test_non_finite_batches_of_a_flat_problem_name_the_level_and_worker():
     with pytest.raises(ConfigError, match=r"^f: worker 1's f-batches hold NaN or inf"):
         distbo.run(NanFeatures(), rounds=1)
+
+
+def test_a_loss_that_runs_on_one_worker_but_not_under_vmap_is_one_line():
+    def g(up, low, b):  # a Python branch on a tensor's value: fine eagerly, not under torch.func.vmap
+        return _ridge(up, low, b) * (2.0 if float(b[0].sum()) > 0 else 1.0)
+
+    with pytest.raises(ConfigError, match=r"^g: runs on one worker's batch but fails when distbo differentiates"):
+        distbo.run(_module_problem(g=g), rounds=1)

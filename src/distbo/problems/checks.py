@@ -72,7 +72,7 @@ def check_user_problem(problem: Problem, run: Any) -> None:
     from .validate import check_losses
 
     check_problem(problem, run)
-    check_losses(problem, run.seed)
+    check_losses(problem, run.seed, getattr(run, "worker_chunk", None))
 
 
 def _plain(v: Any) -> Any:

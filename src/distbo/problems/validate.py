@@ -6,9 +6,10 @@ worker, not a bare tensor or the whole (X, Y) pair), the same sample shape on ev
 values (naming the split and the worker), integer test labels with the training features' shape,
 a ``predict`` where the upper module has no ``forward()``, and a batch larger than a shard.
 
-For every user Problem, before its defaults are derived (``check_losses``): f and g on worker 0's
-batches at (x0, y0) must run and return finite scalar tensors, and g must curve in y (a zero
-H_yy v means g is not strongly convex in y: L_g = mu_g = 0 there).
+For every user Problem, before its defaults are derived (``check_losses``): every worker's first
+batches must be finite; f and g on worker 0's batches at (x0, y0) must run and return finite
+scalar tensors; over all workers they must differentiate (torch.func), and g must curve in y (a
+zero H_yy v means g is not strongly convex in y: L_g = mu_g = 0 there).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torch.func import grad, jvp
 from torch.utils._pytree import tree_leaves, tree_map
 
 from .. import rng
@@ -139,8 +139,7 @@ def _value(problem: Any, level: str, x: Tensor, y: Tensor, batch: Any) -> Tensor
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's code: reported in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ConfigError(level, f"{level}(...) failed on {where}: {type(exc).__name__}: {first}"
+        raise ConfigError(level, f"{level}(...) failed on {where}: {type(exc).__name__}: {_first_line(exc)}"
                           f"{_hint(exc, batch)}") from None
     if not isinstance(out, Tensor):
         raise ConfigError(level, f"must return a scalar tensor (one worker's loss on one batch), got a "
@@ -153,28 +152,48 @@ def _value(problem: Any, level: str, x: Tensor, y: Tensor, batch: Any) -> Tensor
     return out
 
 
-def _finite_batches(problem: Any, key: Tensor) -> None:
-    """Every worker's first f- and g-batch holds finite floats (else: the level and the worker)."""
-    for level in ("f", "g"):
-        for t in tree_leaves(problem.sample(level, torch.arange(problem.n_workers), key)):
-            if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad = int(torch.nonzero(~torch.isfinite(t.reshape(t.shape[0], -1)).all(1))[0])
-                raise ConfigError(level, f"worker {bad}'s {level}-batches hold NaN or inf; distbo refuses "
-                                  "non-finite data (drop or impute those samples)")
+def _finite(level: str, batch: Any) -> None:
+    """Every worker's batch holds finite floats (else: the level and the first such worker)."""
+    for t in tree_leaves(batch):
+        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int(torch.nonzero(~torch.isfinite(t.reshape(t.shape[0], -1)).all(1))[0])
+            raise ConfigError(level, f"worker {bad}'s {level}-batches hold NaN or inf; distbo refuses "
+                              "non-finite data (drop or impute those samples)")
 
 
-def check_losses(problem: Any, seed: int) -> None:
-    """f and g of worker 0 at (x0, y0): they run, return finite scalars, and g curves in y."""
+def _over_workers(level: str, fn: Any) -> Any:
+    """``fn()``: an oracle over every worker; a failure there is one line naming the level."""
+    try:
+        return fn()
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(level, f"runs on one worker's batch but fails when distbo differentiates it over the "
+                          f"workers (torch.func.vmap, grad): {type(exc).__name__}: {_first_line(exc)}; use torch "
+                          "operations only (no .item(), no Python branch on a tensor's value)") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def check_losses(problem: Any, seed: int, chunk: int | None = None) -> None:
+    """f and g at (x0, y0): finite batches; on worker 0's batches they run and return finite
+    scalars; over all workers (``chunk`` at a time) they differentiate, and g curves in y."""
+    from ..oracles import Oracles
+
     x0, y0 = problem.init(seed)
-    worker = torch.zeros(1, dtype=torch.int64)
     key = rng.key(seed, 0xC4EC)
-    _finite_batches(problem, key)
-    for level in ("f", "g"):
-        _value(problem, level, x0, y0, _one(problem.sample(level, worker, key)))
-    batch = _one(problem.sample("g", worker, key))
+    batches = {level: problem.sample(level, torch.arange(problem.n_workers), key) for level in ("f", "g")}
+    for level, batch in batches.items():
+        _finite(level, batch)
+        _value(problem, level, x0, y0, _one(batch))
+    oracles = Oracles(problem, chunk)
     v = rng.normal(rng.key(seed, 0xC4ED), (problem.d_y,), dtype=y0.dtype)
-    _, hv = jvp(lambda y: grad(lambda y_: problem.g(x0, y_, batch))(y), (y0,), (v,))
+    _over_workers("f", lambda: oracles.grad_f(x0, y0, batches["f"], reduce=True))
+    hv = _over_workers("g", lambda: oracles.hvp_g(x0, y0, v, batches["g"], reduce=True)[1])
     if not bool(hv.abs().sum() > 0):
-        raise ConfigError("g", "does not depend on y at the starting point (H_yy v = 0 on worker 0's batch, so "
-                          "L_g = mu_g = 0): g must be strongly convex in y, the lower-level variables (e.g. add "
-                          "a ridge term 1e-3 * ||y||^2)")
+        raise ConfigError("g", "does not depend on y at the starting point (H_yy v = 0 over the workers' batches, "
+                          "so L_g = mu_g = 0): g must be strongly convex in y, the lower-level variables (e.g. "
+                          "add a ridge term 1e-3 * ||y||^2)")
