@@ -9,6 +9,7 @@ or function, a file that fails to import or a function that returns something el
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def check_spec(spec: str) -> str:
 
 
 def _module(path: Path) -> ModuleType:
-    name = f"distbo_problem_{abs(hash(str(path))):x}"
+    name = f"distbo_problem_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"  # the same in every process
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
