@@ -120,9 +120,9 @@ def raw_config(a: argparse.Namespace) -> dict[str, Any]:
     from .config import apply_set, load_toml, merge
 
     raw: dict[str, Any] = load_toml(a.config) if a.config else {}
-    raw = merge(raw, task=a.task, problem=a.problem, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until,
-                engine=a.engine)
+    raw = merge(raw, task=a.task, problem=getattr(a, "problem", None), algorithm=a.algorithm,
+                compressor=a.compressor, workers=a.workers, rounds=a.rounds, eval_every=a.eval_every,
+                seed=a.seed, procs=a.procs, until=a.until, engine=a.engine)
     for item in a.sets:
         apply_set(raw, item)
     return raw
@@ -152,7 +152,7 @@ def _resume_changes(a: argparse.Namespace) -> dict[str, Any]:
 
     flags = ("config", "task", "problem", "algorithm", "compressor", "workers", "seed", "out", "overwrite", "engine")
     given = [("CONFIG" if k == "config" else f"--{k.replace('_', '-')}") for k in flags
-             if getattr(a, k) not in (None, [], False)]
+             if getattr(a, k, None) not in (None, [], False)]
     if given:
         raise ConfigError("--resume", f"uses the run's own config.json; drop {', '.join(given)} (only --rounds, "
                           "--eval-every, --until, --procs and --set of rounds, eval_every, until, timeout, threads "
