@@ -113,6 +113,7 @@ def test_a_plugin_package_is_listed_and_run_by_name(tmp_path):
                for line in done.stderr.splitlines()) == 1
     soba = next(line for line in listed if line.split()[:1] == ["soba"])
     assert "Dagreou" in soba and "plugin" not in soba
+    assert not list((tmp_path / "r").glob(".lock-rank*"))  # both processes removed their lock files
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["bits_up"] == 20 * 4 * 16 * (3 + 2 * 4)  # rounds x workers x 16 bits x (d_x + 2 d_y)
     assert rows[-1]["hypergrad_norm"] < 0.1 * rows[0]["hypergrad_norm"]
