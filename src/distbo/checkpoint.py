@@ -45,7 +45,8 @@ class Checkpoint:
 def claim(out: Path | None, rank: int):
     """Hold an exclusive lock on this process's part of the run folder while the run lives, so that
     two runs (say a resume, and the not yet dead processes of a killed run) never write one folder.
-    The operating system releases it when the process ends, however it ends."""
+    The operating system releases it when the process ends, however it ends; a run that ends
+    removes the file (while still holding the lock), so a finished folder holds no lock file."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -55,27 +56,35 @@ def claim(out: Path | None, rank: int):
         return
     lock = Path(out) / f".lock-rank{rank}"
     created = not Path(out).exists()
-    with safeio.writing(lock):
-        Path(out).mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        with safeio.writing(lock):
+            Path(out).mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise ConfigError("--out", f"{out} is in use by another running process (rank {rank}); "
                               "wait for it to end or stop it") from None
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # the file was removed by a run that ended meanwhile: lock the new one
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
         if created:  # a run refused before writing anything leaves no folder behind
-            _remove_if_only_locks(Path(out), lock)
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()  # fails, as it should, on a folder that holds anything
         os.close(fd)
 
 
-def _remove_if_only_locks(out: Path, lock: Path) -> None:
-    with contextlib.suppress(OSError):
-        if all(folders.LOCK.fullmatch(p.name) for p in out.iterdir()):
-            lock.unlink()
-            out.rmdir()
+def _same_file(fd: int, p: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(p))
+    except OSError:
+        return False
 
 
 def path(out: Path, rank: int) -> Path:
@@ -243,7 +252,7 @@ def load_config(out: Path, user_problem: bool = False) -> dict[str, Any]:
         raise ConfigError("--resume", f"{out} is not a run folder (no config.json)")
     conf = safeio.read_json(p, "--resume")
     custom = conf.get("task", {}).get("name") == "custom"
-    if custom and not user_problem:
+    if custom and not user_problem and not conf.get("problem"):  # problem = "FILE.py:FUNCTION" is called again
         raise ConfigError("--resume", "this run used a user-defined Problem; resume it from Python with "
                           "distbo.runner.resume(DIR, problem=...)")
     return {k: v for k, v in conf.items() if k in RunConfig.model_fields and not (k == "task" and custom)}

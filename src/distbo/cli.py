@@ -45,6 +45,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     """The flags that make a configuration (``distbo run`` and ``distbo tune``; see ``raw_config``)."""
     p.add_argument("config", nargs="?", help="a TOML configuration file")
     p.add_argument("--task", help="task name (see 'distbo list')")
+    p.add_argument("--problem", metavar="FILE.py:FUNCTION", help="your own problem instead of a task: FUNCTION "
+                   "returns a distbo.Problem or ModuleProblem (docs/own-model.md)")
     p.add_argument("--algorithm", help="algorithm name (see 'distbo list'; 'distbo list NAME' shows its "
                    "hyper-parameters, defaults and ranges)")
     p.add_argument("--compressor", help="compressor spec, e.g. topk:0.1")
@@ -84,7 +86,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.out is None and launch.in_job():
         raise ConfigError("--out", "is required under torchrun (every process must use the same folder)")
     out = Path(a.out) if a.out else Path("runs") / (
-        f"{res.run.task['name']}-{res.run.algorithm['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        f"{res.as_dict()['task']['name']}-{res.run.algorithm['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
     if res.run.engine == "flower":
         from .flower import run_flower
 
@@ -117,9 +119,9 @@ def raw_config(a: argparse.Namespace) -> dict[str, Any]:
     from .config import apply_set, load_toml, merge
 
     raw: dict[str, Any] = load_toml(a.config) if a.config else {}
-    raw = merge(raw, task=a.task, algorithm=a.algorithm, compressor=a.compressor, workers=a.workers,
-                rounds=a.rounds, eval_every=a.eval_every, seed=a.seed, procs=a.procs, until=a.until,
-                engine=a.engine)
+    raw = merge(raw, task=a.task, problem=getattr(a, "problem", None), algorithm=a.algorithm,
+                compressor=a.compressor, workers=a.workers, rounds=a.rounds, eval_every=a.eval_every,
+                seed=a.seed, procs=a.procs, until=a.until, engine=a.engine)
     for item in a.sets:
         apply_set(raw, item)
     return raw
@@ -146,9 +148,9 @@ def _resume_changes(a: argparse.Namespace) -> dict[str, Any]:
     from .errors import ConfigError
     from .folders import check_changes
 
-    flags = ("config", "task", "algorithm", "compressor", "workers", "seed", "out", "overwrite", "engine")
+    flags = ("config", "task", "problem", "algorithm", "compressor", "workers", "seed", "out", "overwrite", "engine")
     given = [("CONFIG" if k == "config" else f"--{k.replace('_', '-')}") for k in flags
-             if getattr(a, k) not in (None, [], False)]
+             if getattr(a, k, None) not in (None, [], False)]
     if given:
         raise ConfigError("--resume", f"uses the run's own config.json; drop {', '.join(given)} (only --rounds, "
                           "--eval-every, --until, --procs and --set of rounds, eval_every, until, timeout, threads "

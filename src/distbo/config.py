@@ -63,6 +63,9 @@ class FlowerConfig(Params):
 class RunConfig(Params):
     task: dict[str, Any] = Field(default_factory=lambda: {"name": "quadratic"},
                                  description="the task: a name, or a [task] section with name and its parameters")
+    problem: str | None = Field(None, description="your own problem instead of a task: FILE.py:FUNCTION, a "
+                                "function of no argument returning a distbo.Problem or ModuleProblem (called in "
+                                "every process and on resume; FILE is stored absolute)")
     algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "soba"}, description="the algorithm: a "
                                       "name, or an [algorithm] section with name and its hyper-parameters")
     compressor: str = Field("identity", description="up-link compressor spec, e.g. topk:0.1")
@@ -102,6 +105,13 @@ class RunConfig(Params):
         if is_device_spec(v):
             return v
         raise ValueError(f"unknown device '{v}'; allowed: {DEVICES}")
+
+    @field_validator("problem")
+    @classmethod
+    def _problem_file(cls, v: str | None) -> str | None:
+        from .problemfile import check_spec
+
+        return None if v is None else check_spec(v)
 
     @field_validator("task", "algorithm", mode="before")
     @classmethod

@@ -432,7 +432,8 @@ def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, se
         measured = None  # they send local-step deltas and Neumann products, not the start directions
     if measured is not None or spreads:
         dv.measure(seed, measured, spreads)
-    values = {k: round_sig(v) if isinstance(v, float) else v for k, v in RULES[algorithm](dv, hp, c).items()
+    rule = RULES.get(algorithm, _single_loop)  # a new (plugin) algorithm: the SOBA family's rule
+    values = {k: round_sig(v) if isinstance(v, float) else v for k, v in rule(dv, hp, c).items()
               if k in todo}
     info = {**{k: (round_sig(v) if isinstance(v, float) and k != "L_phi_seconds" else v)
                for k, v in consts.items()},

@@ -1,7 +1,17 @@
-"""Name -> implementation tables for tasks, algorithms and compressors, with their parameter schemas."""
+"""Name -> implementation tables for tasks, algorithms and compressors, with their parameter schemas.
+
+Third-party packages add entries through Python entry points in the groups ``distbo.algorithms``,
+``distbo.compressors`` and ``distbo.tasks`` (``PLUGIN_GROUPS``): each entry point names a module,
+whose import registers its entries (``@ALGORITHMS.register(...)``), or a function of no argument
+that registers them. They are loaded when a table is first read (a name looked up, ``distbo
+list``); an entry point that fails to load, or that would replace an entry already there, is
+skipped with one warning line on stderr. Their summaries end with "[plugin: DISTRIBUTION]".
+"""
 from __future__ import annotations
 
+import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -37,27 +47,67 @@ class Entry:
     summary: str
 
 
+PLUGIN_GROUPS = {"algorithm": "distbo.algorithms", "compressor": "distbo.compressors", "task": "distbo.tasks"}
+
+
 class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._plugins_loaded = False
+        self._plugin: str | None = None  # the distribution whose entry point is being loaded
 
     def register(self, name: str, params: type[Params] = Params, summary: str = ""):
         def deco(build):
-            self._entries[name] = Entry(name, build, params, summary or (build.__doc__ or "").split("\n")[0])
+            text = summary or (build.__doc__ or "").split("\n")[0]
+            if self._plugin is not None:
+                if name in self._entries:
+                    raise ConfigError(self.kind, f"'{name}' is already registered")
+                text = f"{text} [plugin: {self._plugin}]"
+            self._entries[name] = Entry(name, build, params, text)
             return build
         return deco
 
+    def load_plugins(self) -> None:
+        """Load this table's entry points (once; see the module doc)."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=PLUGIN_GROUPS.get(self.kind, "")):
+            self._plugin = ep.dist.name if ep.dist is not None else ep.value
+            try:
+                obj = ep.load()
+                if callable(obj):
+                    obj()
+            except Exception as exc:  # noqa: BLE001 - a third party's package: said, then skipped
+                text = str(exc).strip().splitlines()
+                _warn(f"skipped the {self.kind} plugin '{ep.name}' ({ep.value}) of {self._plugin}: "
+                      f"{type(exc).__name__}: {text[0] if text else ''}")
+            finally:
+                self._plugin = None
+
     def get(self, name: str, field: str | None = None) -> Entry:
+        self.load_plugins()
         if name not in self._entries:
             raise unknown(field or self.kind, name, self._entries, self.kind)
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self.load_plugins()
         return list(self._entries)
 
     def entries(self) -> list[Entry]:
+        self.load_plugins()
         return list(self._entries.values())
+
+
+def _warn(message: str) -> None:
+    """One warning line, from one process: not from the processes launch.run_procs starts (their
+    launcher loaded the same entry points and said it), nor from ranks > 0 of a torchrun job."""
+    if os.environ.get("RANK", "0") == "0" and "DISTBO_INIT_METHOD" not in os.environ:
+        sys.stderr.write(f"distbo: warning: {message}\n")
 
 
 def _scalar_types(annotation: Any) -> tuple[set, Any]:

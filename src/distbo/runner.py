@@ -33,7 +33,7 @@ from .errors import ConfigError, DivergenceError
 from .hypergrad import HypergradMetric
 from .launch import in_job, make_comm, run_procs
 from .problems import TASKS, Problem
-from .problems.checks import check_problem, metric_row, user_settings
+from .problems.checks import check_problem, check_user_problem, metric_row, user_settings
 from .registry import validate
 
 CONTRACT_FIELDS = ("round", "bits_up", "bits_down", "comm_rounds", "wall_s", "upper_loss")
@@ -63,7 +63,10 @@ def task_defaults(problem: Problem, algorithm: str, fields: dict) -> dict[str, A
 
 
 def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolved, Problem]:
-    """Check every field, then build the problem (a user Problem is taken as it is)."""
+    """Check every field, then build the problem (a user Problem is taken as it is; ``problem =
+    "FILE.py:FUNCTION"`` is called here, problemfile.py)."""
+    if problem is None and raw.get("problem") is not None:
+        problem = load_problem(raw)
     run = check_run(raw)
     resolve_device(run.device)  # CUDA asked for and absent: one line before any work
     alg_entry = ALGORITHMS.get(run.algorithm["name"], "algorithm.name")
@@ -77,8 +80,12 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
         task_params = validate(entry.params, {k: v for k, v in run.task.items() if k != "name"}, "task")
         memory.check_task(run.task["name"], task_params, run.workers, DTYPES[run.dtype].itemsize)
         problem = entry.build(task_params, workers=run.workers, seed=run.seed, dtype=DTYPES[run.dtype])
-    elif problem.n_workers != run.workers:
-        run = run.model_copy(update={"workers": problem.n_workers})
+        if not entry.build.__module__.startswith("distbo."):  # a task you registered (docs/extending.md)
+            check_user_problem(problem, run)
+    else:
+        check_user_problem(problem, run)  # malformed losses or data: one line before any derivation
+        if problem.n_workers != run.workers:
+            run = run.model_copy(update={"workers": problem.n_workers})
     for name in ("compressor", "downlink"):
         check_sizes(make_compressor(getattr(run, name), name), (problem.d_x, problem.d_y), name)
     name = run.algorithm["name"]
@@ -87,6 +94,19 @@ def resolve(raw: dict[str, Any], problem: Problem | None = None) -> tuple[Resolv
     hp = validate(alg_entry.params, {**{k: v for k, v in task.items() if k not in base}, **user_alg}, "algorithm")
     hp, derived = resolve_hyper(name, hp, problem, run.compressor, run.seed, base, run.clients.fraction, run.rounds)
     return Resolved(run, task_params, hp, derived), problem
+
+
+def load_problem(raw: dict[str, Any]) -> Problem:
+    """The Problem of ``raw["problem"]`` (FILE.py:FUNCTION); its workers and dtype go into ``raw``."""
+    from .problemfile import load
+
+    if "task" in raw:
+        raise ConfigError("problem", "is your own problem; drop the task (--task, task.* settings), which names "
+                          "a built-in one")
+    raw["problem"] = check_run({"problem": raw["problem"]}).problem  # FILE absolute: the same in every process
+    problem = load(raw["problem"])
+    user_settings(problem, raw)
+    return problem
 
 
 def build(res: Resolved, problem: Problem, comm: Communicator | None = None):
@@ -336,7 +356,7 @@ def python_raw(task: str | dict | Problem, algorithm: str | dict, overrides: lis
 
     problem = task if isinstance(task, Problem) else None
     raw: dict[str, Any] = {"algorithm": algorithm, **top}
-    if problem is None:
+    if problem is None and not (top.get("problem") is not None and task == "quadratic"):  # problem="F.py:FN"
         raw["task"] = task
     for item in overrides or []:
         apply_set(raw, item)

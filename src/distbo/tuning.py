@@ -225,6 +225,7 @@ def _write_tables(out: Path, header, rows) -> None:
 def _best_config(folder: Path, rounds: int, custom: bool) -> dict[str, Any]:
     """The winner's resolved configuration (its config.json), with the user's rounds."""
     conf = json.loads((folder / "config.json").read_text())
+    custom = custom or conf.get("task", {}).get("name") == "custom"  # problem = "FILE.py:FUNCTION"
     best = {k: v for k, v in conf.items() if k in RunConfig.model_fields and not (custom and k == "task")}
     best["rounds"] = rounds
     return best

@@ -4,7 +4,8 @@
   (``workers`` / ``dtype`` other than the Problem's, ``task.*`` overrides) are ConfigErrors; the
   Problem's own worker count and dtype are filled in.
 - ``check_problem``: the starting point and one worker's batches must have the Problem's dtype
-  (else torch fails deep inside an oracle with "same dtype" messages).
+  (else torch fails deep inside an oracle with "same dtype" messages); ``check_user_problem``
+  adds the checks of f and g (problems/validate.py) for a user's Problem.
 - ``metric_row``: ``evaluate()`` must give ``upper_loss``; tensor / numpy values become Python
   numbers (a metrics.jsonl row is JSON).
 """
@@ -63,6 +64,15 @@ def check_problem(problem: Problem, run: Any) -> None:
                           f"{'is' if bad[0] in ('x0', 'y0') else 'are'} "
                           f"{_dtype_name(bad[1])}; make them agree (set the Problem's dtype to "
                           f"{_dtype_name(bad[1])}, or convert the data to {_dtype_name(want)})")
+
+
+def check_user_problem(problem: Problem, run: Any) -> None:
+    """A user's Problem before its defaults are derived: the dtypes (``check_problem``), then f and
+    g on worker 0's batches (problems/validate.py)."""
+    from .validate import check_losses
+
+    check_problem(problem, run)
+    check_losses(problem, run.seed, getattr(run, "worker_chunk", None))
 
 
 def _plain(v: Any) -> Any:

@@ -13,7 +13,10 @@ and ``low``: callables that run the module at the current x / y (``torch.func.fu
 over views of the flat vector), each with ``.params`` (name -> tensor view); a tensor ``upper`` (a
 hyper-parameter vector) is passed as a tensor of its own shape. ``batch`` is a tuple of one worker's
 samples (a tuple of tensors with B rows). Batches are drawn with distbo.rng (the same rows in every
-process); buffers (e.g. batch-norm statistics) are read from the modules, never updated.
+process); ``batch_size="full"`` gives every worker's whole shard instead, every time (shards of
+different sizes: padded, and f / g averaged over the real samples evaluated one by one). Buffers
+(e.g. batch-norm statistics) are read from the modules, never updated. A malformed problem is one
+ConfigError naming the culprit (problems/validate.py).
 
 Data: ``train`` (g's samples) and ``val`` (f's), each a list of per-worker tuples of tensors or of
 torch ``Dataset``s; or ONE dataset and ``partition="iid" | "dirichlet:A" | "shards:K"`` with
@@ -44,13 +47,14 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from .. import rng
 from ..data.federated import draw_rows
 from ..data.partition import TooFewSamples, parse_partition, partition, permutation
 from ..errors import ConfigError
 from ..models import DenseNet
+from . import validate
 from .base import Problem
 
 Tensor = torch.Tensor
@@ -130,6 +134,14 @@ def as_tensors(data: Any, what: str) -> tuple[Tensor, ...]:
         items = [it if isinstance(it, (tuple, list)) else (it,) for it in items]
         return tuple(torch.stack([torch.as_tensor(it[j]) for it in items]) for j in range(len(items[0])))
     raise ConfigError(what, f"expected a tuple of tensors or a torch Dataset per worker, got {type(data).__name__}")
+
+
+def full_mode(batch_size: int | str, size: Tensor) -> str | None:
+    """Full batches: None (minibatches), "equal" (every shard has the same size: the whole shard)
+    or "masked" (padded to the largest shard; the loss averages per-sample values over the real rows)."""
+    if batch_size != "full":
+        return None
+    return "equal" if bool((size == size[0]).all()) else "masked"
 
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -218,7 +230,7 @@ class ModuleProblem(Problem):
     _CALLABLES = ("_f", "_g", "_metrics", "_predict")
 
     def __init__(self, upper: nn.Module | Tensor, lower: nn.Module, f: Loss, g: Loss, train: Any, val: Any = None,
-                 batch_size: int = 32, *, val_batch_size: int | None = None,
+                 batch_size: int | str = 32, *, val_batch_size: int | str | None = None,
                  metrics: Callable[[Any, Any], dict[str, Any]] | None = None,
                  test: tuple[Tensor, Tensor] | None = None, predict: Callable[[Any, Any, Tensor], Tensor] | None = None,
                  partition: str | None = None, workers: int | None = None, val_fraction: float = 0.2,
@@ -228,8 +240,11 @@ class ModuleProblem(Problem):
         for name, fn in (("f", f), ("g", g)):
             if not callable(fn):
                 raise ConfigError(name, "expected a callable (up, low, batch) -> scalar loss")
-        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
-            raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
+        for name, b in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if not (b == "full" or (isinstance(b, int) and not isinstance(b, bool) and b >= 1)
+                    or (b is None and name == "val_batch_size")):
+                raise ConfigError(name, f"expected an integer >= 1 or \"full\" (every sample of the worker's "
+                                  f"shard, deterministic), got {b!r}")
         first = next(iter(lower.parameters()), None)
         self.dtype = dtype or (first.dtype if first is not None else torch.float32)
         self.up, self.low = FlatParams(upper, "upper"), FlatParams(lower, "lower")
@@ -242,6 +257,8 @@ class ModuleProblem(Problem):
         self.d_x, self.d_y = self.up.numel, self.low.numel
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         train_parts, val_parts = self._worker_data(train, val, partition, workers, val_fraction, seed)
+        validate.check_shards(train_parts, "train")
+        validate.check_shards(val_parts, "val")
         self.train = stack_shards(train_parts, self.dtype, "train")
         self.val = stack_shards(val_parts, self.dtype, "val")
         if self.train.size.numel() != self.val.size.numel():
@@ -249,6 +266,13 @@ class ModuleProblem(Problem):
                               f"{self.train.size.numel()} workers' training data")
         self.n_workers = int(self.train.size.numel())
         self.test = None if test is None else tuple(_cast(t, self.dtype) for t in as_tensors(test, "test"))
+        if self.test is not None:
+            validate.check_test(self.test, self.train.tensors, predict is None)
+        validate.check_predict(upper, lower, test, predict)
+        validate.warn_batch_size(self.batch_size, self.train.size, "batch_size")
+        validate.warn_batch_size(self.val_batch_size, self.val.size, "val_batch_size")
+        self._full = {level: full_mode(b, s.size) for level, b, s in
+                      (("f", self.val_batch_size, self.val), ("g", self.batch_size, self.train))}
         self.net, self._why_not = dense_chain(upper, lower)
         self._warned = False
 
@@ -260,8 +284,7 @@ class ModuleProblem(Problem):
                                   "with partition= to split")
             if workers is not None:
                 raise ConfigError("workers", "is only used with partition=; here it is the length of train")
-            if not isinstance(train, (list, tuple)) or not isinstance(val, (list, tuple)):
-                raise ConfigError("train", "expected a list with one dataset per worker (or partition=)")
+            train, val = validate.worker_list(train, "train"), validate.worker_list(val, "val")
             return ([as_tensors(d, "train") for d in train], [as_tensors(d, "val") for d in val])
         if workers is None or workers < 1:
             raise ConfigError("workers", f"partition='{spec}' needs workers=N >= 1")
@@ -283,11 +306,19 @@ class ModuleProblem(Problem):
         """(up, low) at (x, y); ``sizes``: a sub-network's layer sizes (pruning, see units())."""
         return self.up.bind(x, self._sub_shapes("x", sizes)), self.low.bind(y, self._sub_shapes("y", sizes))
 
+    def _loss(self, level: str, x, y, batch, sizes):
+        loss, (up, low) = self._f if level == "f" else self._g, self.bind(x, y, sizes)
+        if self._full[level] != "masked":
+            return loss(up, low, tuple(batch))
+        *tensors, mask = batch  # shards of unequal sizes, padded: each real sample on its own, averaged
+        per_sample = vmap(lambda *row: loss(up, low, tuple(r.unsqueeze(0) for r in row)))(*tensors)
+        return (per_sample * mask).sum() / mask.sum()
+
     def f(self, x, y, batch, sizes=None):
-        return self._f(*self.bind(x, y, sizes), tuple(batch))
+        return self._loss("f", x, y, batch, sizes)
 
     def g(self, x, y, batch, sizes=None):
-        return self._g(*self.bind(x, y, sizes), tuple(batch))
+        return self._loss("g", x, y, batch, sizes)
 
     def draws_per_shard(self, level):
         shards, size = (self.train, self.batch_size) if level == "g" else (self.val, self.val_batch_size)
@@ -295,9 +326,15 @@ class ModuleProblem(Problem):
 
     def sample(self, level, workers, key):
         shards = self.val if level == "f" else self.train
-        rows = draw_rows(shards.offset, shards.size, workers, key,
-                         self.val_batch_size if level == "f" else self.batch_size)
-        return tuple(t[rows] for t in shards.tensors)
+        if self._full[level] is None:
+            rows = draw_rows(shards.offset, shards.size, workers, key,
+                             self.val_batch_size if level == "f" else self.batch_size)
+            return tuple(t[rows] for t in shards.tensors)
+        size = shards.size[workers].unsqueeze(-1)
+        local = torch.arange(int(shards.size.max()), device=size.device)
+        rows = shards.offset[workers].unsqueeze(-1) + torch.minimum(local, size - 1)
+        batch = tuple(t[rows] for t in shards.tensors)
+        return batch if self._full[level] == "equal" else (*batch, (local < size).to(self.dtype))
 
     def init(self, seed):
         return self.x0.clone(), self.y0.clone()
@@ -332,6 +369,7 @@ class ModuleProblem(Problem):
         return {"problem": "ModuleProblem", "d_x": self.d_x, "d_y": self.d_y,
                 "upper": type(self.upper).__name__, "lower": type(self.lower).__name__,
                 "client_train_sizes": self.train.size.tolist(), "client_val_sizes": self.val.size.tolist(),
+                "batch_size": self.batch_size, "val_batch_size": self.val_batch_size,
                 "hidden_units": list(self.net.sizes[1:-1]) if self.net is not None else None,
                 "test_size": None if self.test is None else int(self.test[0].shape[0])}
 
