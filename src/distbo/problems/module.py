@@ -322,6 +322,8 @@ class ModuleProblem(Problem):
 
     def draws_per_shard(self, level):
         shards, size = (self.train, self.batch_size) if level == "g" else (self.val, self.val_batch_size)
+        if size == "full":  # every draw is the whole shard
+            return 1
         return max(1, math.ceil(float(shards.size.double().mean()) / size))
 
     def sample(self, level, workers, key):
