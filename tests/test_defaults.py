@@ -195,3 +195,11 @@ def test_rafbo_schedule_is_derived_and_a_user_value_wins():
     from distbo.errors import ConfigError
     with pytest.raises(ConfigError, match="algorithm.schedule: .*expected one of 'constant', 'sqrt'"):
         resolve({"algorithm": {"name": "rafbo", "schedule": "bogus"}, "workers": 8})
+
+
+def test_spread_is_capped_at_the_workers_when_the_mean_vanishes():
+    from distbo.defaults import spread
+
+    rows = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    assert spread(rows) == 4.0  # mean zero: as noisy as one worker alone, not an infinite spread
+    assert spread(torch.ones(4, 3)) == pytest.approx(1.0)

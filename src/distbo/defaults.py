@@ -214,11 +214,14 @@ def start_directions(problem: Problem, seed: int) -> dict[str, Tensor]:
 
 
 def spread(rows: Tensor) -> float:
-    """mean_i ||D_i||^2 / ||mean_i D_i||^2 of the rows [n, d] (1 for identical workers; inf if the
-    mean is zero): the factor by which workers' own directions outweigh their mean."""
+    """mean_i ||D_i||^2 / ||mean_i D_i||^2 of the rows [n, d] (1 for identical workers), at most n:
+    the factor by which workers' own directions outweigh their mean. Capped at n, the level at
+    which the compressed mean is as noisy as one worker's compressed direction alone: a mean near
+    zero (the weight decay's D_x at the start) made it infinite and x's step zero."""
     rows = rows.double()
-    mean = rows.mean(0)
-    return float((rows * rows).sum(-1).mean() / (mean @ mean)) if float(mean @ mean) > 0 else math.inf
+    n, mean = rows.shape[0], rows.mean(0)
+    own = float((rows * rows).sum(-1).mean())
+    return min(own / float(mean @ mean), float(n)) if float(mean @ mean) > 0 else float(n)
 
 
 def measured_contraction(c: Compressor, rows: Tensor) -> float:
