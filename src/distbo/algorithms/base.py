@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..oracles import Oracles
 from ..problems.base import Problem
 from ..registry import Params, Registry
+from .upper import OPTIMIZERS, UpperOptName, UpperOptimizer, upper_opt_field
 
 Tensor = torch.Tensor
 ALGORITHMS = Registry("algorithm")
@@ -63,6 +64,7 @@ class StepSizes(Params):
         "1/L_g x compressor factor on d_y; rabo/rafbo: min(1/L_g, 1/(T L_g,max))"))
     gamma: float | None = Field(None, gt=0, description="linear-system (v) step size", json_schema_extra=derived(
         "as beta"))
+    upper_opt: UpperOptName = upper_opt_field()
     schedule: Literal["constant", "sqrt"] = Field("constant", description="constant or 1/sqrt(k+1) decay")
     radius: float | None = Field(None, gt=0, description="project v onto ||v|| <= radius (off if unset)")
 
@@ -104,6 +106,9 @@ class Algorithm(ABC):
         self.problem, self.comm = ctx.problem, ctx.comm
         self.oracles = Oracles(ctx.problem, ctx.worker_chunk)
         self.workers = ctx.comm.local_workers
+        schedule = getattr(hp, "schedule", None) or "constant"
+        self.upper: UpperOptimizer = OPTIMIZERS[getattr(hp, "upper_opt", "sgd")](
+            getattr(hp, "alpha", None), lambda t: schedule_factor(schedule, t))
 
     @abstractmethod
     def init(self) -> NamedTuple:
@@ -112,6 +117,13 @@ class Algorithm(ABC):
     @abstractmethod
     def step(self, state: Any, t: int) -> Any:
         """One outer iteration (round t, 0-based)."""
+
+    def move_x(self, opt: Any, x: Tensor, t: int, grad: Tensor | None = None,
+               step: Tensor | None = None) -> tuple[Tensor, Any]:
+        """The server's new x and optimizer state (algorithms/upper.py) from the aggregated
+        direction ``grad``, or from the SGD move ``step`` that clients' local steps made."""
+        opt, delta = self.upper.update(opt, t, x, grad, step)
+        return x - delta, opt
 
     def point(self, state: Any) -> tuple[Tensor, Tensor]:
         """The server's (x, y), where the run is evaluated."""
