@@ -17,14 +17,14 @@ factor (1 for the federated methods, which have no schedule):
                unnormalized buffer would take 1/(1 - b1) = 10x SGD's step, beyond the quadratic's
                stable range (16x diverges there, docs/defaults.md).
 - ``adam``     server Adam (FedOpt, Reddi et al. 2021), b1 = 0.9, b2 = 0.99, bias-corrected:
-               x <- x - lr_t s mhat_t / (sqrt(vhat_t) + eps s),  s = rms(g_0) (the first direction's
-               root mean square). Its first step has the RMS of SGD's first step at alpha, so the
+               x <- x - lr_t s mhat_t / (sqrt(vhat_t) + eps s),  s = rms(g_0), the root mean square of
+               the first non-zero direction (SOBA's first D_x is 0 where f does not depend on x). Its first step has the RMS of SGD's first step at alpha, so the
                learning rate is derived from alpha and g_0, not a constant to tune; eps = EPS_ADAM
                relative to s (an absolute eps would mean another thing on every problem).
 - ``dog``      DoG, distance over gradients (Ivgi et al. 2023), no constant at all:
                eta_t = rbar_t / sqrt(sum_{k<=t} ||g_k||^2),  rbar_t = max(r_eps, max_{k<=t} ||x_k - x_0||),
-               x <- x - c_t eta_t g_t, with r_eps = alpha ||g_0|| (the first step is SGD's first step at
-               the derived alpha; the step then grows with the distance travelled).
+               x <- x - c_t eta_t g_t, with r_eps = lr_t ||g_t|| at the first non-zero direction (that step
+               is SGD's step at the derived alpha; the step then grows with the distance travelled).
 
 Each optimizer is ``init(x) -> state`` and ``update(state, t, x, grad=None, step=None) ->
 (state, step to subtract from x)``: ``grad`` an aggregated direction, or ``step`` the SGD move a
@@ -89,7 +89,7 @@ class Momentum(UpperOptimizer):
 class AdamState(NamedTuple):
     m: Tensor
     v: Tensor
-    scale: Tensor  # [1]: rms(g_0), set at the first update
+    scale: Tensor  # [1]: the largest rms(g_k) so far (0 before a non-zero direction)
 
 
 class Adam(UpperOptimizer):
@@ -98,16 +98,17 @@ class Adam(UpperOptimizer):
 
     def update(self, s: AdamState, t, x, grad=None, step=None):
         g = self.direction(t, grad, step)
-        scale = g.pow(2).mean().sqrt().reshape(1) if t == 0 else s.scale
+        scale = torch.maximum(s.scale, g.pow(2).mean().sqrt())  # the largest direction's RMS so far
         m = B1 * s.m + (1 - B1) * g
         v = B2 * s.v + (1 - B2) * g * g
         mhat, vhat = m / (1 - B1 ** (t + 1)), v / (1 - B2 ** (t + 1))
-        return AdamState(m, v, scale), self.lr(t) * scale * mhat / (vhat.sqrt() + EPS_ADAM * scale)
+        step = self.lr(t) * scale * mhat / (vhat.sqrt() + EPS_ADAM * scale)
+        return AdamState(m, v, scale), torch.where(scale > 0, step, 0.0)  # no move before a direction
 
 
 class DoGState(NamedTuple):
     x0: Tensor
-    r: Tensor  # [1]: rbar, the largest distance from x0 so far (at least r_eps)
+    r: Tensor  # [1]: rbar, the largest distance from x0 so far (at least r_eps; 0 before a direction)
     G: Tensor  # [1]: sum of ||g_k||^2
 
 
@@ -118,7 +119,7 @@ class DoG(UpperOptimizer):
     def update(self, s: DoGState, t, x, grad=None, step=None):
         g = self.direction(t, grad, step)
         sq = g.pow(2).sum().reshape(1)
-        r_eps = self.alpha * sq.sqrt() if t == 0 else s.r
+        r_eps = torch.where(s.r > 0, s.r, self.lr(t) * sq.sqrt())  # SGD's first non-zero step
         r = torch.maximum(r_eps, (x - s.x0).norm().reshape(1))
         G = s.G + sq
         eta = r / G.sqrt().clamp_min(torch.finfo(G.dtype).tiny)
