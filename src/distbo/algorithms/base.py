@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..oracles import Oracles
 from ..problems.base import Problem
 from ..registry import Params, Registry
-from .upper import OPTIMIZERS, UpperOptName, UpperOptimizer, upper_opt_field
+from .upper import OPTIMIZERS, UpperOptName, UpperOptimizer, upper_note, upper_opt_field
 
 Tensor = torch.Tensor
 ALGORITHMS = Registry("algorithm")
@@ -100,6 +100,8 @@ class Algorithm(ABC):
     client_settings: ClassVar[tuple[str, ...]] = ()
     #: names of the hyper-parameters a task's ``defaults`` may fill in
     name: str = ""
+    #: what the server optimizer of x (``upper_opt``) is applied to (``distbo list``, the run's first line)
+    x_update: ClassVar[str] = "the aggregated hypergradient estimate"
 
     def __init__(self, ctx: Context, hp: Params):
         self.ctx, self.hp = ctx, hp
@@ -124,6 +126,10 @@ class Algorithm(ABC):
         direction ``grad``, or from the SGD move ``step`` that clients' local steps made."""
         opt, delta = self.upper.update(opt, t, x, grad, step)
         return x - delta, opt
+
+    def upper_note(self) -> str | None:
+        """One line on the server optimizer when it is not sgd (printed when the run starts)."""
+        return upper_note(getattr(self.hp, "upper_opt", "sgd"), self.x_update, self.hp)
 
     def point(self, state: Any) -> tuple[Tensor, Tensor]:
         """The server's (x, y), where the run is evaluated."""

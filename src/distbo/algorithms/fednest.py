@@ -69,6 +69,8 @@ class FedNestState(NamedTuple):
 class FedNest(FederatedAlgorithm):
     Hyper = FedNestParams
     svrg_inner = True
+    x_update = ("the aggregated hypergradient estimate h (outer = 'local-svrg': the pseudo-gradient "
+                "mean_i (x - x_i) / alpha of the clients' local x steps)")
 
     def init(self) -> FedNestState:
         x, y = self.x0y0()
@@ -167,6 +169,7 @@ class FedNest(FederatedAlgorithm):
 class LFedNest(FedNest):
     Hyper = LFedNestParams
     svrg_inner = False
+    x_update = "the mean of the clients' own hypergradient estimates"
 
     def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Local Neumann series and hypergradient per client, one averaging round."""

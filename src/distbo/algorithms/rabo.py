@@ -76,6 +76,7 @@ class RABOState(NamedTuple):
 class RABO(Algorithm):
     Hyper = RABOParams
     client_settings = ("fraction", "resources", "policy")
+    x_update = "the pseudo-gradient (x - x_new) / (c_t alpha) of the clients' coverage-averaged local x steps"
 
     def __init__(self, ctx: Context, hp: RABOParams, local_steps: int = 1):
         super().__init__(ctx, hp)

@@ -46,10 +46,10 @@ EPS_ADAM = 1e-3  # Adam's eps, relative to the first direction's RMS (Reddi et a
 
 def upper_opt_field():
     """The ``upper_opt`` hyper-parameter (every algorithm's schema)."""
-    return Field("sgd", description="server optimizer of x on the aggregated (pseudo-)hypergradient: "
-                 "sgd (x -= alpha g), momentum (heavy ball, b1 0.9, normalized), adam (server Adam, "
-                 "lr = alpha x rms of the first direction), dog (distance over gradients, no constant; "
-                 "first step alpha g_0); docs/algorithms.md")
+    return Field("sgd", description="server optimizer of x on the aggregated (pseudo-)hypergradient g: "
+                 "sgd (x -= alpha g), momentum (heavy ball, b1 0.9, normalized), adam (server Adam, b1 0.9, "
+                 "b2 0.99, lr = alpha x the largest rms(g) so far), dog (distance over gradients, no constant; "
+                 "its first step is sgd's); docs/algorithms.md")
 
 
 class UpperOptimizer:
@@ -127,3 +127,17 @@ class DoG(UpperOptimizer):
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam, "dog": DoG}
+
+
+def upper_note(name: str, on: str, hp: Any) -> str | None:
+    """The one line a run with a server optimizer other than sgd starts with: what it is applied
+    to (``on``) and what of the derived steps it does not follow (None for sgd)."""
+    if name == "sgd":
+        return None
+    what = {"momentum": "heavy ball (b1 0.9) at alpha", "adam": "server Adam, lr = alpha x the largest direction RMS",
+            "dog": "DoG, distance over gradients: alpha sets its first step only, not its later steps "
+                   "(they do not shrink with the compressor)"}[name]
+    theta = getattr(hp, "theta", 1.0)
+    twice = f"; x's direction is then averaged twice (theta = {theta:g} already)" if (
+        name != "dog" and theta < 1) else ""
+    return f"upper_opt = '{name}': {what}, on {on}{twice}"
