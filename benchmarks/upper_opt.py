@@ -88,7 +88,7 @@ def phi(x: torch.Tensor) -> float:
 
 
 # ----- the matrix -----
-def one(task: str, method: str, opt: str) -> dict:
+def one(task: str, method: str, opt: str, seed: int = 0) -> dict:
     name, rounds = TASKS[task]
     alg, comp = METHODS[method]
     rounds = rounds // 10 if alg in FEDERATED else rounds
@@ -96,10 +96,11 @@ def one(task: str, method: str, opt: str) -> dict:
     tic = time.perf_counter()
     try:
         r = distbo.run(problem, algorithm={"name": alg, "upper_opt": opt}, compressor=comp, rounds=rounds,
-                       eval_every=rounds, seed=0)
-    except DivergenceError:
-        return {"task": task, "method": method, "opt": opt, "end": "div"}
-    row = {"task": task, "method": method, "opt": opt, "rounds": rounds, "s": round(time.perf_counter() - tic, 1),
+                       eval_every=rounds, seed=seed)
+    except DivergenceError as exc:
+        return {"task": task, "method": method, "opt": opt, "seed": seed, "end": "div", "why": str(exc)[:60]}
+    row = {"task": task, "method": method, "opt": opt, "seed": seed, "rounds": rounds,
+           "s": round(time.perf_counter() - tic, 1),
            "alpha": r.config["algorithm"]["alpha"]}
     first, last = r.metrics[0], r.metrics[-1]
     if task == "quadratic":
@@ -117,13 +118,14 @@ def main(argv=None) -> None:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--opts", default=",".join(OPTS))
+    ap.add_argument("--seeds", default="0", help="comma-separated run seeds (the weight-decay data stay the same)")
     ap.add_argument("--jsonl", help="append one JSON row per run to this file")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     for task in a.tasks.split(","):
         for method in a.methods.split(","):
-            for opt in a.opts.split(","):
-                row = one(task, method, opt)
+            for opt, seed in ((o, int(s)) for o in a.opts.split(",") for s in a.seeds.split(",")):
+                row = one(task, method, opt, seed)
                 print(json.dumps(row), flush=True)
                 if a.jsonl:
                     with open(a.jsonl, "a") as fh:

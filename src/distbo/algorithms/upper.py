@@ -14,13 +14,14 @@ factor (1 for the federated methods, which have no schedule):
                m_t = b1 m_{t-1} + (1 - b1) g_t,  x <- x - lr_t m_t.
                Normalized, m is an average of directions, so alpha keeps its meaning (the step per
                unit of hypergradient) and x keeps its time scale relative to y and v; the
-               unnormalized buffer would take 1/(1 - b1) = 10x SGD's step, beyond the quadratic's
-               stable range (16x diverges there, docs/defaults.md).
+               unnormalized buffer (1/(1 - b1) = 10x SGD's step) diverged SOBA on the default
+               quadratic (measured, docs/defaults.md "Server optimizers").
 - ``adam``     server Adam (FedOpt, Reddi et al. 2021), b1 = 0.9, b2 = 0.99, bias-corrected:
-               x <- x - lr_t s mhat_t / (sqrt(vhat_t) + eps s),  s = rms(g_0), the root mean square of
-               the first non-zero direction (SOBA's first D_x is 0 where f does not depend on x). Its first step has the RMS of SGD's first step at alpha, so the
-               learning rate is derived from alpha and g_0, not a constant to tune; eps = EPS_ADAM
-               relative to s (an absolute eps would mean another thing on every problem).
+               x <- x - lr_t s mhat_t / (sqrt(vhat_t) + eps s),  s = max_k rms(g_k), the largest root
+               mean square of the directions so far (not g_0's: SOBA's first D_x is 0 where f does
+               not depend on x). Its first step has the RMS of SGD's first step at alpha, so the
+               learning rate is derived from alpha and the directions, not a constant to tune;
+               eps = EPS_ADAM relative to s (an absolute eps would mean another thing on every problem).
 - ``dog``      DoG, distance over gradients (Ivgi et al. 2023), no constant at all:
                eta_t = rbar_t / sqrt(sum_{k<=t} ||g_k||^2),  rbar_t = max(r_eps, max_{k<=t} ||x_k - x_0||),
                x <- x - c_t eta_t g_t, with r_eps = lr_t ||g_t|| at the first non-zero direction (that step
@@ -41,7 +42,7 @@ from pydantic import Field
 Tensor = torch.Tensor
 UpperOptName = Literal["sgd", "momentum", "adam", "dog"]
 B1, B2 = 0.9, 0.99  # momentum and Adam's averaging weights
-EPS_ADAM = 1e-3  # Adam's eps, relative to the first direction's RMS (Reddi et al.'s adaptivity tau)
+EPS_ADAM = 1e-3  # Adam's eps, relative to the largest direction RMS (Reddi et al.'s adaptivity tau)
 
 
 def upper_opt_field():
