@@ -146,3 +146,13 @@ def test_adam_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, algorithm)
     assert without_time(rows) == without_time(ref.metrics)
     for a, b in zip(checkpoint.flatten(res.state), checkpoint.flatten(ref.state), strict=True):
         assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_a_run_says_which_optimizer_it_uses_in_one_line(capsys):
+    distbo.run(QUAD, {"name": "cm-soba", "upper_opt": "adam"}, compressor="randk:0.5", rounds=1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "upper_opt = 'adam'" in err[0] and "averaged twice" in err[0]
+    distbo.run(QUAD, {"name": "rafbo", "upper_opt": "dog"}, rounds=1)
+    assert "pseudo-gradient" in capsys.readouterr().err
+    distbo.run(QUAD, "soba", rounds=1)
+    assert capsys.readouterr().err == ""
