@@ -26,8 +26,8 @@ from distbo.errors import DivergenceError
 OPTS = ("sgd", "momentum", "adam", "dog")
 METHODS = {  # label -> (algorithm, compressor)
     "soba": ("soba", "identity"), "ef-soba topk:0.1": ("ef-soba", "topk:0.1"), "aggitd": ("aggitd", "identity"),
-    "fednest": ("fednest", "identity"), "rafbo": ("rafbo", "identity")}
-FEDERATED = ("aggitd", "fednest")
+    "fednest": ("fednest", "identity"), "lfednest": ("lfednest", "identity"), "rafbo": ("rafbo", "identity")}
+FEDERATED = ("aggitd", "fednest", "lfednest")
 TASKS = {"quadratic": ("quadratic", 300), "hyperclean": ("hyperclean", 100), "hyperrep": ("hyperrep", 100),
          "weight-decay": (None, 200)}  # rounds (federated: a tenth, in outer iterations)
 
