@@ -156,3 +156,11 @@ def test_a_run_says_which_optimizer_it_uses_in_one_line(capsys):
     assert "pseudo-gradient" in capsys.readouterr().err
     distbo.run(QUAD, "soba", rounds=1)
     assert capsys.readouterr().err == ""
+
+
+def test_the_rows_show_the_derived_step():
+    dog = distbo.run(QUAD, {"name": "soba", "upper_opt": "dog"}, rounds=4, eval_every=2, dtype="float64")
+    assert dog.metrics[0]["dog_step"] == 0.0 and dog.metrics[-1]["dog_step"] > 0
+    adam = distbo.run(QUAD, {"name": "rabo", "upper_opt": "adam"}, rounds=2, eval_every=2, dtype="float64")
+    assert adam.metrics[-1]["adam_lr"] > 0 and "dog_step" not in adam.metrics[-1]
+    assert "adam_lr" not in distbo.run(QUAD, "soba", rounds=1).metrics[-1]

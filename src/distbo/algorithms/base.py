@@ -136,8 +136,8 @@ class Algorithm(ABC):
         return state.x, state.y
 
     def metrics(self, state: Any) -> dict[str, float]:
-        """Extra metric fields of this algorithm (e.g. coverage)."""
-        return {}
+        """Extra metric fields of this algorithm (e.g. coverage); the server optimizer's step."""
+        return self.upper.metrics(getattr(state, "opt", ()))
 
     # --- helpers ---
     def round_key(self, t: int) -> Tensor:

@@ -142,7 +142,7 @@ class RABO(Algorithm):
 
     def metrics(self, state: RABOState) -> dict[str, float | int | None]:
         cx, cy = (int(c) if c >= 0 else None for c in state.cover)
-        out = {"C_x": cx, "C_y": cy, "hypergrad_proxy": self.hypergrad_proxy(state)}
+        out = {"C_x": cx, "C_y": cy, "hypergrad_proxy": self.hypergrad_proxy(state), **super().metrics(state)}
         if self.flops is not None:
             out.update(client_flops_mean=float(self.flops.mean()), client_flops_max=float(self.flops.max()))
         return out

@@ -28,7 +28,8 @@ factor (1 for the federated methods, which have no schedule):
                is SGD's step at the derived alpha; the step then grows with the distance travelled).
 
 Each optimizer is ``init(x) -> state`` and ``update(state, t, x, grad=None, step=None) ->
-(state, step to subtract from x)``: ``grad`` an aggregated direction, or ``step`` the SGD move a
+(state, step to subtract from x)`` (and ``metrics(state)``: adam's lr ``adam_lr``, dog's eta
+``dog_step``, in the metric rows): ``grad`` an aggregated direction, or ``step`` the SGD move a
 local-step method already made (SGD returns it as it is, so its bits do not change; the others
 take g_t = step / lr_t).
 """
@@ -72,6 +73,10 @@ class UpperOptimizer:
                step: Tensor | None = None) -> tuple[Any, Tensor]:
         raise NotImplementedError
 
+    def metrics(self, state: Any) -> dict[str, float]:
+        """Metric fields of the step it has derived so far (none for sgd and momentum)."""
+        return {}
+
 
 class SGD(UpperOptimizer):
     def update(self, state, t, x, grad=None, step=None):
@@ -106,6 +111,9 @@ class Adam(UpperOptimizer):
         step = self.lr(t) * scale * mhat / (vhat.sqrt() + EPS_ADAM * scale)
         return AdamState(m, v, scale), torch.where(scale > 0, step, 0.0)  # no move before a direction
 
+    def metrics(self, s: AdamState) -> dict[str, float]:
+        return {"adam_lr": float(self.alpha * s.scale)}  # the per-coordinate step before the schedule
+
 
 class DoGState(NamedTuple):
     x0: Tensor
@@ -125,6 +133,9 @@ class DoG(UpperOptimizer):
         G = s.G + sq
         eta = r / G.sqrt().clamp_min(torch.finfo(G.dtype).tiny)
         return DoGState(s.x0, r, G), self.factor(t) * eta * g
+
+    def metrics(self, s: DoGState) -> dict[str, float]:
+        return {"dog_step": float(s.r / s.G.sqrt()) if float(s.G) > 0 else 0.0}  # eta, before the schedule
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam, "dog": DoG}
