@@ -40,6 +40,12 @@ CASES = {
     "fednest-down": dict(algorithm={"name": "fednest", "inner_rounds": 2, "neumann_terms": 2}, downlink="topk:0.5",
                          compressor="qsgd:4", clients={"fraction": 0.5}),
     "aggitd-down": dict(algorithm={"name": "aggitd", "inner_rounds": 2, "local_steps": 2}, downlink="sign"),
+    # server optimizers of x (algorithms/upper.py): replicated state, on a direction and on a local-step move
+    "soba-adam": dict(algorithm={"name": "soba", "upper_opt": "adam"}),
+    "ef-soba-dog": dict(algorithm={"name": "ef-soba", "upper_opt": "dog"}, compressor="topk:0.5"),
+    "rabo-adam": dict(algorithm={"name": "rabo", "upper_opt": "adam"}, clients={"resources": [1.0, 0.5]}),
+    "fednest-dog": dict(algorithm={"name": "fednest", "upper_opt": "dog", "inner_rounds": 2, "neumann_terms": 2,
+                                   "outer": "local-svrg"}, clients={"fraction": 0.5}),
 }
 
 

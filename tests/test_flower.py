@@ -23,6 +23,9 @@ CASES = {
     # half the clients per round: with blocks of 2 a node hosts 0, 1 or 2 participants
     "aggitd-sampled": dict(algorithm={"name": "aggitd", "inner_rounds": 2, "local_steps": 2},
                            compressor="topk:0.5", clients={"fraction": 0.5}),
+    # server optimizers of x: their state travels in the nodes' replicas (algorithms/upper.py)
+    "ef-soba-adam": dict(algorithm={"name": "ef-soba", "upper_opt": "adam"}, compressor="topk:0.5"),
+    "aggitd-dog": dict(algorithm={"name": "aggitd", "upper_opt": "dog", "inner_rounds": 2, "local_steps": 2}),
 }
 EXACT = ("round", "bits_up", "bits_down", "comm_rounds")
 
@@ -50,7 +53,7 @@ def test_one_node_hosting_every_worker_is_the_simulator_bitwise(sim, case):
     _check_wire(fl, sim[case].metrics[-1], 1)
 
 
-@pytest.mark.parametrize("case, nodes", [("ef-soba-topk", 4), ("aggitd-sampled", 2)])
+@pytest.mark.parametrize("case, nodes", [("ef-soba-topk", 4), ("aggitd-sampled", 2), ("ef-soba-adam", 2)])
 def test_flower_nodes_give_the_simulators_metrics_and_bits(sim, case, nodes):
     """Blocks of workers on several nodes: bits and counters exactly; floats to rounding, because
     a batched kernel over a block of 1 or 2 workers may round differently from one over all 4

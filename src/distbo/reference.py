@@ -19,6 +19,7 @@ from typing import Any
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic.fields import FieldInfo
 
+from .algorithms.upper import OPTIMIZERS
 from .errors import ConfigError, unknown
 from .registry import Params
 
@@ -136,7 +137,17 @@ def accepts_text(algorithm: str) -> list[str]:
     kinds = [k for k in PROBES if ok[k]]
     names = [n for n in compressor_kinds() if compressor_kinds()[n] in kinds]
     return [f"compressors: {', '.join(kinds) or 'none'} ({', '.join(names)})",
-            "settings: " + "; ".join(f"{s}: {'accepted' if ok[s] else 'refused'}" for s in SETTINGS)]
+            "settings: " + "; ".join(f"{s}: {'accepted' if ok[s] else 'refused'}" for s in SETTINGS),
+            f"upper_opt: {', '.join(OPTIMIZERS)}, with every compressor and setting; the server applies it to "
+            f"{upper_target(algorithm)} after aggregation (no bits)"]
+
+
+def upper_target(algorithm: str) -> str:
+    """What the server optimizer of x is applied to (the algorithm class's ``x_update``)."""
+    from .runner import build, resolve
+
+    raw = {"task": {"name": "quadratic", "d_x": 2, "d_y": 3}, "workers": 2, "rounds": 2, "algorithm": algorithm}
+    return build(*resolve(raw))[0].x_update
 
 
 # ----- compressors: a spec NAME[:ARG], no schema -----

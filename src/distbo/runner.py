@@ -180,6 +180,9 @@ def execute(res: Resolved, problem: Problem, out: Path | None = None, progress: 
     with default_device(device):
         check_problem(problem, res.run)
         algorithm, comm = build(res, problem, comm)
+    note = algorithm.upper_note()  # the server optimizer of x, when not sgd: one line
+    if note and comm.is_main and not resume:
+        sys.stderr.write(f"distbo: {note}\n")
     reuse_freed_memory()  # large per-worker tensors: reuse freed blocks instead of page-faulting anew
     out = Path(out) if out is not None else None
     before = torch.get_num_threads()

@@ -10,7 +10,7 @@ Differentiation", ICML 2023. Per outer iteration t, with the sampled participant
                                 u = v^{r+1};  for m = tau-1 .. 0:
                                   r_i += -beta H_xy,i(x, y_i^{r,m}) u;  u <- u - beta H_yy,i(x, y_i^{r,m}) u
                                 server: v^r = mean_i u
-  grad_hat = mean_i (grad_x F_i + sum_r r_i);  x <- x - alpha grad_hat;  y^0 <- y^N next.
+  grad_hat = mean_i (grad_x F_i + sum_r r_i);  x <- x - alpha grad_hat (``upper_opt``);  y^0 <- y^N next.
 
 Each client keeps grad_x F_i plus its running sum of r_i and sends that one d_x-vector with the
 last backward round, which does not send v^0 (not needed): 2N + 1 rounds per outer iteration.
@@ -42,6 +42,7 @@ class AggITDState(NamedTuple):
     y: Tensor  # the server's (averaged) lower-level variable, the warm start y^0
     down: Any = ()  # the clients' public copies of x and y (compressed down-link)
     up: Any = ()  # the clients' up-link error-feedback residuals (contractive compressor)
+    opt: Any = ()  # the server optimizer's state of x (algorithms/upper.py; () for sgd)
 
 
 class AggITD(FederatedAlgorithm):
@@ -50,7 +51,7 @@ class AggITD(FederatedAlgorithm):
 
     def init(self) -> AggITDState:
         x, y = self.x0y0()
-        return AggITDState(x, y, self.copies(x, y), self.residuals())
+        return AggITDState(x, y, self.copies(x, y), self.residuals(), self.upper.init(x))
 
     def channels(self) -> dict[str, int]:
         return {f"v/{r}": self.problem.d_y for r in range(self.hp.inner_rounds)}
@@ -64,7 +65,8 @@ class AggITD(FederatedAlgorithm):
         low = fr.at_x(fr.seen("x", s.x))  # the batches need only what its oracles read
         g = [fr.batches("g", self.hp.local_steps, low) for _ in range(self.hp.inner_rounds)]
         grad, y = self.hypergradient(fr, s.x, s.y, g, fr.batch("f"))
-        return AggITDState(s.x - self.hp.alpha * grad, y, self.copies_after(fr), self.residuals_after(fr))
+        x, opt = self.move_x(s.opt, s.x, t, grad)
+        return AggITDState(x, y, self.copies_after(fr), self.residuals_after(fr), opt)
 
     def hypergradient(self, fr: FedRound, x: Tensor, y: Tensor, g: list[list[Batch | None]],
                       f: Batch | None) -> tuple[Tensor, Tensor]:

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..oracles import Oracles
 from ..problems.base import Problem
 from ..registry import Params, Registry
+from .upper import OPTIMIZERS, UpperOptName, UpperOptimizer, upper_note, upper_opt_field
 
 Tensor = torch.Tensor
 ALGORITHMS = Registry("algorithm")
@@ -63,6 +64,7 @@ class StepSizes(Params):
         "1/L_g x compressor factor on d_y; rabo/rafbo: min(1/L_g, 1/(T L_g,max))"))
     gamma: float | None = Field(None, gt=0, description="linear-system (v) step size", json_schema_extra=derived(
         "as beta"))
+    upper_opt: UpperOptName = upper_opt_field()
     schedule: Literal["constant", "sqrt"] = Field("constant", description="constant or 1/sqrt(k+1) decay")
     radius: float | None = Field(None, gt=0, description="project v onto ||v|| <= radius (off if unset)")
 
@@ -98,12 +100,17 @@ class Algorithm(ABC):
     client_settings: ClassVar[tuple[str, ...]] = ()
     #: names of the hyper-parameters a task's ``defaults`` may fill in
     name: str = ""
+    #: what the server optimizer of x (``upper_opt``) is applied to (``distbo list``, the run's first line)
+    x_update: ClassVar[str] = "the aggregated hypergradient estimate"
 
     def __init__(self, ctx: Context, hp: Params):
         self.ctx, self.hp = ctx, hp
         self.problem, self.comm = ctx.problem, ctx.comm
         self.oracles = Oracles(ctx.problem, ctx.worker_chunk)
         self.workers = ctx.comm.local_workers
+        schedule = getattr(hp, "schedule", None) or "constant"
+        self.upper: UpperOptimizer = OPTIMIZERS[getattr(hp, "upper_opt", "sgd")](
+            getattr(hp, "alpha", None), lambda t: schedule_factor(schedule, t))
 
     @abstractmethod
     def init(self) -> NamedTuple:
@@ -113,13 +120,24 @@ class Algorithm(ABC):
     def step(self, state: Any, t: int) -> Any:
         """One outer iteration (round t, 0-based)."""
 
+    def move_x(self, opt: Any, x: Tensor, t: int, grad: Tensor | None = None,
+               step: Tensor | None = None) -> tuple[Tensor, Any]:
+        """The server's new x and optimizer state (algorithms/upper.py) from the aggregated
+        direction ``grad``, or from the SGD move ``step`` that clients' local steps made."""
+        opt, delta = self.upper.update(opt, t, x, grad, step)
+        return x - delta, opt
+
+    def upper_note(self) -> str | None:
+        """One line on the server optimizer when it is not sgd (printed when the run starts)."""
+        return upper_note(getattr(self.hp, "upper_opt", "sgd"), self.x_update, self.hp)
+
     def point(self, state: Any) -> tuple[Tensor, Tensor]:
         """The server's (x, y), where the run is evaluated."""
         return state.x, state.y
 
     def metrics(self, state: Any) -> dict[str, float]:
-        """Extra metric fields of this algorithm (e.g. coverage)."""
-        return {}
+        """Extra metric fields of this algorithm (e.g. coverage); the server optimizer's step."""
+        return self.upper.metrics(getattr(state, "opt", ()))
 
     # --- helpers ---
     def round_key(self, t: int) -> Tensor:

@@ -52,6 +52,7 @@ from ..registry import Params
 from .base import STREAM_CLIENTS, STREAM_COMPRESS, STREAM_F, STREAM_G, Algorithm, Context
 from .compression import CompressedDownlink
 from .fixed_x import AtX, fixed_x
+from .upper import UpperOptName, upper_opt_field
 
 Tensor = torch.Tensor
 DOWN = -1  # sub-key of the down-link's broadcasts (the up-link's count exchanges from 0)
@@ -67,6 +68,7 @@ class FederatedParams(Params):
     inner_rounds: int = Field(5, ge=1, le=10_000,
                               description="lower-level rounds per outer iteration (AggITD's N, FedNest's T)")
     local_steps: int = Field(5, ge=1, le=10_000, description="tau: clients' local steps per lower-level round")
+    upper_opt: UpperOptName = upper_opt_field()
 
 
 def sample_clients(key: Tensor, n_workers: int, fraction: float, local_workers: Tensor) -> tuple[Tensor, int]:

@@ -13,7 +13,9 @@ FedIHGP (1 + N rounds): clients send grad_y F_i(x, y), the server averages to b 
   mean of the clients' H_yy,i p_k (fresh minibatch per term); v = eta p_N.
 FedOut (SWITCH ``outer``):
   'global' (default, 1 round): clients send h_i = grad_x F_i - H_xy,i v (grad_x F_i from the
-         FedIHGP sample), the server averages to h;  x <- x - alpha h.
+         FedIHGP sample), the server averages to h;  x <- x - alpha h (``upper_opt``: the server
+         optimizer on h, algorithms/upper.py; with 'local-svrg' on the pseudo-gradient
+         mean_i (x - x_i) / alpha).
   'local-svrg' (1 more round): after h, tau_x local SVRG steps
          x_i <- x_i - alpha (h_i(x_i) - h_i(x) + h), then the server averages the x_i.
 Rounds per outer iteration: 2T + N + 2 ('svrg'), T + N + 2 ('sgd'), +1 with 'local-svrg'.
@@ -61,15 +63,18 @@ class FedNestState(NamedTuple):
     y: Tensor  # the server's lower-level variable (warm start of FedInn)
     down: Any = ()  # the clients' public copies of x and y (compressed down-link)
     up: Any = ()  # the clients' up-link error-feedback residuals (contractive compressor)
+    opt: Any = ()  # the server optimizer's state of x (algorithms/upper.py; () for sgd)
 
 
 class FedNest(FederatedAlgorithm):
     Hyper = FedNestParams
     svrg_inner = True
+    x_update = ("the aggregated hypergradient estimate h (outer = 'local-svrg': the pseudo-gradient "
+                "mean_i (x - x_i) / alpha of the clients' local x steps)")
 
     def init(self) -> FedNestState:
         x, y = self.x0y0()
-        return FedNestState(x, y, self.copies(x, y), self.residuals())
+        return FedNestState(x, y, self.copies(x, y), self.residuals(), self.upper.init(x))
 
     def uplink_channels(self) -> dict[str, int]:
         hp, d, dx = self.hp, self.problem.d_y, self.problem.d_x
@@ -96,10 +101,11 @@ class FedNest(FederatedAlgorithm):
     def step(self, s: FedNestState, t: int) -> FedNestState:
         fr = self.begin(t, s.down, s.up, x=s.x, y=s.y)
         y = self.fedinn(fr, s.x, s.y)
-        return FedNestState(self.update_x(fr, s.x, y), y, self.copies_after(fr), self.residuals_after(fr))
+        x, opt = self.move_x(s.opt, s.x, t, **self.update_x(fr, s.x, y))
+        return FedNestState(x, y, self.copies_after(fr), self.residuals_after(fr), opt)
 
-    def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
-        """FedIHGP then FedOut; the server's new x."""
+    def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """FedIHGP then FedOut; x's move for ``move_x``: {"grad": h} or {"step": the local steps' move}."""
         v, gx = self.ihgp(fr, x, y)
         return self.fedout(fr, x, y, v, gx)
 
@@ -142,28 +148,30 @@ class FedNest(FederatedAlgorithm):
         gx, _ = self.clients.grad_f(x, y, f, reduce)
         return gx - self.clients.hvp_g(x, y, v, g, reduce)[0]
 
-    def fedout(self, fr: FedRound, x: Tensor, y: Tensor, v: Tensor, gx: Tensor) -> Tensor:
-        """The x update from v and the clients' grad_x F_i; the server's new x (``x``: the server's)."""
+    def fedout(self, fr: FedRound, x: Tensor, y: Tensor, v: Tensor, gx: Tensor) -> dict[str, Tensor]:
+        """x's move from v and the clients' grad_x F_i (``x``: the server's): the mean h, or with
+        local x steps the server's SGD move mean_i (x - x_i)."""
         xc, y = fr.seen("x", x), fr.seen("y", y)
         low = fr.at_x(xc)
         h, _ = low.hvp_onto(gx, -1.0, y, v, fr.batch("g", low), reduce=fr.exact)  # gx - H_xy v
         h = fr.exchange({"h": low.settle(h)})["h"]
         if self.hp.outer == "global":
-            return x - self.hp.alpha * h
+            return {"grad": h}
         h = fr.broadcast({"h": h})["h"]
         X = xc.unsqueeze(0).expand(fr.n, -1)
         for _ in range(self.hp.local_steps_x):
             f, g = fr.batch("f"), fr.batch("g")
             X = X - self.hp.alpha * (self.outer_direction(X, y, v, f, g)
                                      - self.outer_direction(xc, y, v, f, g) + h)
-        return x - fr.exchange({"dx": xc - X})["dx"]
+        return {"step": fr.exchange({"dx": xc - X})["dx"]}
 
 
 class LFedNest(FedNest):
     Hyper = LFedNestParams
     svrg_inner = False
+    x_update = "the mean of the clients' own hypergradient estimates"
 
-    def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> Tensor:
+    def update_x(self, fr: FedRound, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Local Neumann series and hypergradient per client, one averaging round."""
         c, f = self.clients, fr.batch("f")
         xc, y = fr.seen("x", x), fr.seen("y", y)
@@ -171,7 +179,7 @@ class LFedNest(FedNest):
         gx, gy = c.grad_f(xc, y, f)
         v = neumann(gy, self.hp.eta, self.hp.neumann_terms, lambda p, k: low.hvp_yy(y, p, fr.batch("g", low)))
         h, _ = low.hvp_onto(gx, -1.0, y, v, fr.batch("g", low))  # gx - H_xy v
-        return x - self.hp.alpha * fr.exchange({"h": low.settle(h)})["h"]
+        return {"grad": fr.exchange({"h": low.settle(h)})["h"]}
 
 
 @ALGORITHMS.register("fednest", FedNestParams,

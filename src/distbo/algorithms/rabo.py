@@ -13,8 +13,9 @@ The products are second-order free by default, central finite differences of gra
 only their kept coordinates' changes; the server adds, per coordinate, their sum divided by the
 number of clients that covered it (coverage average; an uncovered coordinate keeps its value) and
 records the minimum coverage so far, C_x* and C_y* (metrics ``C_x``, ``C_y``), which governs the
-rate O(1/sqrt(C_x* Q)), and ``hypergrad_proxy``, the norm of the full-model hypergradient estimate
-at the server's (x, y, v) on a fixed evaluation minibatch (``RABO.hypergrad_proxy``). Clients of one
+rate O(1/sqrt(C_x* Q)). x's coverage-averaged move goes through the server optimizer ``upper_opt``
+(algorithms/upper.py) as the pseudo-gradient (x - x_new) / (c_t alpha). Metrics: C_x, C_y and
+``hypergrad_proxy``, the norm of the full-model hypergradient estimate at the server's (x, y, v) on a fixed evaluation minibatch (``RABO.hypergrad_proxy``). Clients of one
 resource level share sub-network sizes and run as one vmapped group, so a client's FLOPs, memory and time fall with its level (``client_flops_*``);
 a task opts in with ``units()`` and ``sizes=`` on its losses (see algorithms/submodels.py).
 With every resource 1, exact products and T = 1, one round equals a SOBA round.
@@ -42,7 +43,7 @@ from .base import (ALGORITHMS, STREAM_CLIENTS, STREAM_F, STREAM_G, Algorithm, Co
 from .federated import sample_clients
 from .soba import soba_directions
 from .submodel_links import make_downlink, make_uplink
-from .submodels import SPACE, VARS, coverage_average, make_layout
+from .submodels import SPACE, VARS, coverage_average, coverage_change, make_layout
 
 Tensor = torch.Tensor
 
@@ -69,11 +70,13 @@ class RABOState(NamedTuple):
     cover: Tensor  # int64 [2]: minimum coverage so far of x and y (-1 before the first round)
     up: Any = ()  # the up-link's state (every client's error-feedback shifts)
     down: Any = ()  # the down-link's state (every client's copies of x, y, v when compressed)
+    opt: Any = ()  # the server optimizer's state of x (algorithms/upper.py; () for sgd)
 
 
 class RABO(Algorithm):
     Hyper = RABOParams
     client_settings = ("fraction", "resources", "policy")
+    x_update = "the pseudo-gradient (x - x_new) / (c_t alpha) of the clients' coverage-averaged local x steps"
 
     def __init__(self, ctx: Context, hp: RABOParams, local_steps: int = 1):
         super().__init__(ctx, hp)
@@ -106,7 +109,7 @@ class RABO(Algorithm):
         x, y = self.x0y0()
         v, n = torch.zeros_like(y), self.comm.n_workers
         return RABOState(x, y, v, torch.full((2,), -1, dtype=torch.int64), self.uplink.init(n),
-                         self.downlink.init({"x": x, "y": y, "v": v}, n))
+                         self.downlink.init({"x": x, "y": y, "v": v}, n), self.upper.init(x))
 
     def step(self, s: RABOState, t: int) -> RABOState:
         key = self.round_key(t)
@@ -130,14 +133,16 @@ class RABO(Algorithm):
             for n, old in zip(VARS, start):
                 parts[n].append(cur[n] - old)
         up, sums = self.uplink.send(s.up, plan, every, parts, self.comm, key)
-        new = {n: coverage_average(z[n], sums[n], every.coverage[SPACE[n]]) for n in VARS}
+        new = {n: coverage_average(z[n], sums[n], every.coverage[SPACE[n]]) for n in ("y", "v")}
+        moved = -coverage_change(sums["x"], every.coverage[SPACE["x"]])  # x's SGD move: x - new x
+        x, opt = self.move_x(s.opt, s.x, t, step=moved)
         now = torch.stack([every.coverage["x"].min(), every.coverage["y"].min()]).round().to(torch.int64)
         cover = torch.where(s.cover < 0, now, torch.minimum(s.cover, now))
-        return RABOState(new["x"], new["y"], new["v"], cover, up, down)
+        return RABOState(x, new["y"], new["v"], cover, up, down, opt)
 
     def metrics(self, state: RABOState) -> dict[str, float | int | None]:
         cx, cy = (int(c) if c >= 0 else None for c in state.cover)
-        out = {"C_x": cx, "C_y": cy, "hypergrad_proxy": self.hypergrad_proxy(state)}
+        out = {"C_x": cx, "C_y": cy, "hypergrad_proxy": self.hypergrad_proxy(state), **super().metrics(state)}
         if self.flops is not None:
             out.update(client_flops_mean=float(self.flops.mean()), client_flops_max=float(self.flops.max()))
         return out

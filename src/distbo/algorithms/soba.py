@@ -5,7 +5,7 @@ Every worker evaluates at the broadcast (x, y, v), on independent f- and g-batch
   D_v^i = H_yy,i(x, y) v - grad_y F_i(x, y)
   D_x^i = grad_x F_i(x, y) - H_xy,i(x, y) v
 and the server steps  y -= beta mean D_y,  v -= gamma mean D_v (then projects v if asked),
-x -= alpha mean D_x, and broadcasts (x, y, v). Dagreou et al., NeurIPS 2022.
+x -= alpha mean D_x (the server optimizer ``upper_opt``, algorithms/upper.py), and broadcasts (x, y, v). Dagreou et al., NeurIPS 2022.
 
 The compressed variants (C-SOBA, CM-SOBA, EF-SOBA and the MSC ones, registered at the end) are
 this same loop with another uplink and server filter (algorithms/compression.py). A compressed
@@ -50,6 +50,7 @@ class SOBAState(NamedTuple):
     up: Any = ()  # the uplink's state (e.g. error-feedback shifts)
     srv: Any = ()  # the server filter's state (e.g. moving averages)
     down: Any = ()  # the down-link's state (the workers' copies of x, y, v when it is compressed)
+    opt: Any = ()  # the server optimizer's state of x (algorithms/upper.py; () for sgd)
 
 
 def soba_directions(oracles, x: Tensor, y: Tensor, v: Tensor, batch_f, batch_g,
@@ -74,7 +75,7 @@ class SOBA(Algorithm):
         x, y = self.x0y0()
         v = torch.zeros_like(y)
         return SOBAState(x, y, v, self.uplink.init(self.dims, self.comm.n_local), self.server.init(self.dims),
-                         self.downlink.init({"x": x, "y": y, "v": v}))
+                         self.downlink.init({"x": x, "y": y, "v": v}), self.upper.init(x))
 
     def step(self, s: SOBAState, t: int) -> SOBAState:
         batch_f, batch_g = self.batches(t)
@@ -87,10 +88,10 @@ class SOBA(Algorithm):
         c = schedule_factor(self.hp.schedule, t)
         y = s.y - c * self.hp.beta * est["y"]
         v = project_ball(s.v - c * self.hp.gamma * est["v"], self.hp.radius)
-        x = s.x - c * self.hp.alpha * est["x"]
+        x, opt = self.move_x(s.opt, s.x, t, est["x"])
         down = self.downlink.send(s.down, {"x": x, "y": y, "v": v}, self.comm,
                                   lambda: downlink_keys(self, t, VARS))
-        return SOBAState(x, y, v, up, srv, down)
+        return SOBAState(x, y, v, up, srv, down, opt)
 
 
 @ALGORITHMS.register("soba", StepSizes, "SOBA, uncompressed single-loop baseline (Dagreou et al. 2022)")

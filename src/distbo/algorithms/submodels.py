@@ -361,7 +361,12 @@ def make_layout(problem: Problem, clients: Clients, n_workers: int) -> Layout:
 def coverage_average(old: Tensor, total: Tensor, coverage: Tensor) -> Tensor:
     """The server's coverage average: each coordinate moves by the sum of the changes the clients
     covering it sent, divided by their number; an uncovered coordinate keeps its value."""
-    return old + total / coverage.clamp(min=1)
+    return old + coverage_change(total, coverage)
+
+
+def coverage_change(total: Tensor, coverage: Tensor) -> Tensor:
+    """The coverage average's change of each coordinate (``coverage_average(old, ...) - old``)."""
+    return total / coverage.clamp(min=1)
 
 
 class Kept(Message):
