@@ -261,14 +261,15 @@ def ef21_factor(delta: float) -> float:
 
 
 def compressor_factor(c: Compressor, d: int, n: int, measured: float | None = None,
-                      spread: float = 1.0) -> float:
+                      spread: float = 1.0, share: float = 1.0) -> float:
     """How much a compressor shrinks a step on a d-dimensional variable averaged over n workers.
     ``spread`` (unbiased C without shifts): mean_i ||D_i||^2 / ||D||^2, by which the variance
-    omega/n mean_i ||D_i||^2 of the compressed mean exceeds omega/n ||D||^2."""
+    omega/n mean_i ||D_i||^2 of the compressed mean exceeds omega/n ||D||^2. ``share``: the part
+    of that variance left in the step (a moving average of weight theta keeps theta / (2 - theta))."""
     if c.kind == "exact":
         return 1.0
     if c.kind == "unbiased":
-        return 1.0 / (1.0 + C_OMEGA * c.omega(d) * spread / n)
+        return 1.0 / (1.0 + C_OMEGA * c.omega(d) * spread * share / n)
     # the geometric mean of EF21's worst-case step and the uncompressed one: EF21's own factor is
     # stable but measured 7x slower to 1e-2 on the quadratic (top-K 10%: 0.051; 1 is stable there)
     return math.sqrt(ef21_factor(contraction(c, d, measured)))
@@ -296,13 +297,25 @@ class Derivation:
         if constants.get("L_phi_source"):  # estimated at the run's horizon (horizon_curvature): it
             # raises the step where Phi is flatter than g, never lowers it below the former rule
             # (the estimate overstated a CNN's curvature 4x: docs/defaults.md)
-            flat = C_X_EST / max(constants["L_phi"], L_fxx) if max(constants["L_phi"], L_fxx) > 0 else 0.0
-            self.alpha0 = max(C_X / max(L, L_fxx), flat)
+            curv = max(constants["L_phi"], L_fxx)
+            self.alpha0 = max(C_X / max(L, L_fxx), C_X_EST / curv if curv > 0 else 0.0)
+            # the curvature-limited step, which compression and averaging shrink (x_step)
+            self.alpha_limit = max(self.alpha0, C_X / curv if curv > 0 else 0.0)
         else:
             self.alpha0 = C_X / (constants.get("L_phi") or max(L, L_fxx))
+            self.alpha_limit = self.alpha0
         self.beta0 = C_Y / L
         self.delta: dict[int, float] = {}  # d -> sign's / top-K's contraction on the start directions
         self.spread: dict[int, float] = {}  # d -> the workers' spread on the start directions
+
+    def x_step(self, factor: float) -> float:
+        """x's step under a compressor / averaging ``factor``: that factor times the curvature-limited
+        step, at most the uncompressed base step. Compression noise and error-feedback lag matter
+        against Phi's curvature; a base step already below the limit has room for them (EF-SOBA
+        top-K 10% on hyperrep: the full factor left it 2.5 points below its best scale, 64x)."""
+        base = self.base_step("alpha")
+        limit = base if "alpha" in self.base else max(base, self.alpha_limit)
+        return min(base, factor * limit)
 
     def base_step(self, name: str) -> float:
         if name in self.base:
@@ -322,8 +335,8 @@ class Derivation:
         if spreads:
             self.spread = {d: max(spread(r) for r in rs) for d, rs in by_dim.items()}
 
-    def factor(self, c: Compressor, d: int) -> float:
-        return compressor_factor(c, d, self.n, self.delta.get(d), self.spread.get(d, 1.0))
+    def factor(self, c: Compressor, d: int, share: float = 1.0) -> float:
+        return compressor_factor(c, d, self.n, self.delta.get(d), self.spread.get(d, 1.0), share)
 
 
 def _single_loop(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
@@ -332,10 +345,13 @@ def _single_loop(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, f
     vanish at the solution: C-SOBA rand-K 10% wandered 1.7-4.7 about its start 4.36 without it,
     0.75-2.8 with it, docs/defaults.md); a moving
     average (theta < 1) delays x's feedback by ~1/theta rounds, so alpha also shrinks by
-    min(1, C_AVERAGE theta) (the deterministic iteration is unstable without it: docs/defaults.md)."""
-    fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
-    fx *= min(1.0, C_AVERAGE * getattr(hp, "theta", 1.0))
-    out = {"alpha": dv.base_step("alpha") * fx, "beta": dv.base_step("beta") * fy,
+    min(1, C_AVERAGE theta) (the deterministic iteration is unstable without it: docs/defaults.md);
+    the same average keeps only theta / (2 - theta) of an unbiased compressor's variance in x's
+    direction, so x's compressor factor counts only that share."""
+    theta = getattr(hp, "theta", 1.0)
+    fx, fy = dv.factor(compressor, dv.p.d_x, theta / (2.0 - theta)), dv.factor(compressor, dv.p.d_y)
+    fx *= min(1.0, C_AVERAGE * theta)
+    out = {"alpha": dv.x_step(fx), "beta": dv.base_step("beta") * fy,
            "gamma": dv.base_step("gamma") * fy}
     if "rho" in type(hp).model_fields:  # one number for all variables: the smallest
         out["rho"] = min(shift_step(compressor, d) for d in (dv.p.d_x, dv.p.d_y))
@@ -361,7 +377,7 @@ def _pruned(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, Any]:
     T = getattr(hp, "local_steps", 1)
     cap = C_LOCAL / (T * dv.L_max)
     fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
-    return {"alpha": dv.base_step("alpha") / T * fx, "beta": min(dv.base_step("beta"), cap) * fy,
+    return {"alpha": dv.x_step(fx / T), "beta": min(dv.base_step("beta"), cap) * fy,
             "gamma": min(dv.base_step("gamma"), cap) * fy, "schedule": "sqrt" if T > 1 else "constant"}
 
 
@@ -382,7 +398,7 @@ def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, flo
     if compressor.kind == "unbiased":
         m = hypergradient_messages(hp)
         fx = 1.0 / (1.0 + C_OMEGA * m * max(compressor.omega(dv.p.d_x), compressor.omega(dv.p.d_y)) / dv.n)
-    out = {"alpha": dv.base_step("alpha") * fx,
+    out = {"alpha": dv.x_step(fx),
            "beta": min(dv.base_step("beta"), C_LOCAL / (hp.local_steps * dv.L_max)) * fy}
     if "eta" in type(hp).model_fields:  # Neumann step: global products (FedNest) or the client's own
         # LFedNest's products are one client's minibatch Hessian, unsmoothed by the mean over
