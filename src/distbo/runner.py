@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, folders, memory, safeio, stopping
+from . import checkpoint, folders, memory, progress, safeio, stopping
 from .allocator import reuse_freed_memory
 from .algorithms import ALGORITHMS, Clients, Context
 from .algorithms.base import check_clients
@@ -306,7 +306,7 @@ def summary(rows: list[dict[str, Any]], status: str, run: RunConfig) -> dict[str
             best[key] = max(vals)
     out = {"status": status, "final": final, "best": best,
            "totals": {k: final.get(k) for k in ("round", "bits_up", "bits_down", "comm_rounds", "wall_s")},
-           "rounds_planned": run.rounds}
+           "rounds_planned": run.rounds, "progress": progress.assess(rows)}
     if run.until is not None:  # the target: reached or not, at which round, with which bits
         out["target"] = stopping.target_info(run.until, rows)
     return out
