@@ -24,6 +24,7 @@ Every number is rounded to 4 significant digits. A value the user sets is used a
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable
 
@@ -31,7 +32,7 @@ import torch
 from torch.func import grad, vjp, vmap
 from torch.utils._pytree import tree_map
 
-from . import rng
+from . import budgets, rng
 from .compressors import Compressor, Sign, TopK, make_compressor, multi_step
 from .compressors.multistep import MultiStep
 from .oracles import Oracles
@@ -53,6 +54,17 @@ _KEY = 0xDEFA  # random stream of the estimation (batches, start vectors)
 def derived(rule: str) -> dict[str, str]:
     """``json_schema_extra`` of a hyper-parameter whose default is derived by this module."""
     return {"derived": rule}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread (one op order: every process derives the same numbers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def round_sig(v: float, digits: int = 4) -> float:
@@ -265,7 +277,7 @@ class Derivation:
     """Inputs of every rule: constants, compressor, dimensions, the task's base overrides."""
 
     def __init__(self, problem: Problem, compressor: Compressor, constants: dict[str, Any],
-                 base: dict[str, Any], n: int):
+                 base: dict[str, Any], n: int, seed: int = 0):
         self.p, self.c, self.k, self.base, self.n = problem, compressor, constants, base, n  # n: senders
         L = constants["L_g"]
         self.L, self.L_max = L, constants.get("L_g_max", L)
@@ -275,6 +287,14 @@ class Derivation:
         self.beta0 = C_Y / L
         self.delta: dict[int, float] = {}  # d -> sign's / top-K's contraction on the start directions
         self.spread: dict[int, float] = {}  # d -> the workers' spread on the start directions
+        self.seed, self.extra = seed, {}  # extra: what a rule measured, for config.json's "derived"
+        self._probe: budgets.SeriesProbe | None = None
+
+    def probe(self) -> budgets.SeriesProbe:
+        """The start hypergradient's series-truncation probe (made once)."""
+        if self._probe is None:
+            self._probe = budgets.SeriesProbe(self.p, self.seed)
+        return self._probe
 
     def base_step(self, name: str) -> float:
         if name in self.base:
@@ -346,22 +366,43 @@ def hypergradient_messages(hp: Any) -> int:
     return 1 if "neumann_terms" in fields else hp.inner_rounds + 1
 
 
-def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
-    """AggITD / FedNest / LFedNest: local steps capped by drift, every message compressed; each
-    compressed message on the hypergradient's way adds its variance omega / n, so alpha shrinks
-    with all of them (an unbiased C; a contractive one: EF21's factor, once)."""
+def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, Any]:
+    """AggITD / FedNest / LFedNest: local steps from the workers' noise and drift, their step
+    capped by drift, the backward / Neumann series long enough to miss at most C_SERIES of the
+    start hypergradient (distbo/budgets.py), every message compressed; each compressed message on
+    the hypergradient's way adds its variance omega / n, so alpha shrinks with all of them (an
+    unbiased C; a contractive one: EF21's factor, once). A value the user set is used in the
+    rules after it (beta's cap takes the user's tau, N the user's beta or eta)."""
     fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
-    if compressor.kind == "unbiased":
-        m = hypergradient_messages(hp)
-        fx = 1.0 / (1.0 + C_OMEGA * m * max(compressor.omega(dv.p.d_x), compressor.omega(dv.p.d_y)) / dv.n)
-    out = {"alpha": dv.base_step("alpha") * fx,
-           "beta": min(dv.base_step("beta"), C_LOCAL / (hp.local_steps * dv.L_max)) * fy}
-    if "eta" in type(hp).model_fields:  # Neumann step: global products (FedNest) or the client's own
+    out: dict[str, Any] = {}
+    fields = type(hp).model_fields
+    mine = lambda k: getattr(hp, k) if getattr(hp, k) is not None else out[k]  # noqa: E731
+    if hp.local_steps is None:
+        sigma2, zeta2 = budgets.noise_and_drift(dv.p, dv.seed)
+        out["local_steps"] = budgets.local_steps(sigma2, zeta2)
+        dv.extra.update({"noise_y": round_sig(sigma2), "drift_y": round_sig(zeta2)})
+    out["beta"] = min(dv.base_step("beta"), C_LOCAL / (mine("local_steps") * dv.L_max)) * fy
+    if "eta" in fields:  # Neumann step: global products (FedNest) or the client's own
         # LFedNest's products are one client's minibatch Hessian, unsmoothed by the mean over
         # clients: eta = C_OWN / L_g,max (at 1 / L_g,max it diverged at outer iteration 12 on
         # hyperrep with shards:2 label skew; docs/defaults.md)
-        eta = C_OWN / dv.L_max if "inner" not in type(hp).model_fields else 1.0 / dv.L
+        eta = C_OWN / dv.L_max if "inner" not in fields else 1.0 / dv.L
         out["eta"] = dv.base.get("eta", eta) * fy
+    series = "neumann_terms" if "eta" in fields else "inner_rounds"
+    if getattr(hp, series) is None:
+        probe = dv.probe()
+        if series == "neumann_terms":
+            step, out[series] = mine("eta"), budgets.neumann_terms(probe, mine("eta"))
+            K = out[series] + 1
+        else:
+            step, out[series] = mine("beta"), budgets.inner_rounds(probe, mine("beta"), mine("local_steps"))
+            K = out[series] * mine("local_steps")
+        dv.extra.update({"series_error": round_sig(probe.error(K, step)), "series_target": budgets.C_SERIES,
+                         "series_source": f"{probe.source}, {probe.products} products"})
+    if compressor.kind == "unbiased":
+        m = hypergradient_messages(hp.model_copy(update={k: mine(k) for k in out}))
+        fx = 1.0 / (1.0 + C_OMEGA * m * max(compressor.omega(dv.p.d_x), compressor.omega(dv.p.d_y)) / dv.n)
+    out["alpha"] = dv.base_step("alpha") * fx
     return out
 
 
@@ -392,18 +433,19 @@ def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, se
         return hp, None
     c = make_compressor(compressor)
     consts = problem_constants(problem, seed)
-    dv = Derivation(problem, c, consts, base, max(1, round(fraction * problem.n_workers)))
+    dv = Derivation(problem, c, consts, base, max(1, round(fraction * problem.n_workers)), seed)
     spreads = algorithm in SHIFT_FREE and c.kind == "unbiased"
     measured = measurable(c)
     if isinstance(measured, TopK) and algorithm in FEDERATED:
         measured = None  # they send local-step deltas and Neumann products, not the start directions
     if measured is not None or spreads:
         dv.measure(seed, measured, spreads)
-    values = {k: round_sig(v) if isinstance(v, float) else v for k, v in RULES[algorithm](dv, hp, c).items()
-              if k in todo}
+    with one_thread():
+        values = {k: round_sig(v) if isinstance(v, float) else v for k, v in RULES[algorithm](dv, hp, c).items()
+                  if k in todo}
     info = {**{k: (round_sig(v) if isinstance(v, float) else v) for k, v in consts.items()},
             "n": dv.n, "compressor": compressor, "d_x": problem.d_x, "d_y": problem.d_y,
-            **_compressor_inputs(c, dv), "task_base": dict(base), "derived": sorted(values)}
+            **_compressor_inputs(c, dv), **dv.extra, "task_base": dict(base), "derived": sorted(values)}
     return hp.model_copy(update=values), info
 
 

@@ -64,9 +64,9 @@ class FederatedParams(Params):
                                 json_schema_extra=derived("as soba's alpha x compressor factor on d_x"))
     beta: float | None = Field(None, gt=0, le=100, description="clients' local lower-level step size",
                                json_schema_extra=derived("min(1/L_g, 1/(tau L_g,max)) x compressor factor on d_y"))
-    inner_rounds: int = Field(5, ge=1, le=10_000,
-                              description="lower-level rounds per outer iteration (AggITD's N, FedNest's T)")
-    local_steps: int = Field(5, ge=1, le=10_000, description="tau: clients' local steps per lower-level round")
+    local_steps: int | None = Field(None, ge=1, le=10_000, description="tau: clients' local steps per lower-level round",
+                                    json_schema_extra=derived("clamp(round(sigma^2 / zeta^2), 1, 5): the workers' "
+                                                              "sampling noise over their heterogeneity, measured"))
 
 
 def sample_clients(key: Tensor, n_workers: int, fraction: float, local_workers: Tensor) -> tuple[Tensor, int]:
