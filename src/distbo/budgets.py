@@ -26,8 +26,6 @@ torch thread: every process derives the same numbers.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import rng
@@ -39,7 +37,8 @@ Tensor = torch.Tensor
 C_SERIES = 0.02  # the truncated series may miss at most this share of the start hypergradient
 K_MAX = 200  # products of the series at most (AggITD N tau, FedNest N + 1)
 N_MAX = 50  # AggITD's rounds N at most (2N + 1 exchanges per outer iteration)
-LANCZOS = 30  # Lanczos steps from b (d_y if smaller)
+LANCZOS = 20  # Lanczos steps from b (d_y if smaller)
+FALLBACK_ROUNDS, FALLBACK_TERMS = 5, 10  # the former fixed budgets, where the series cannot reach C_SERIES
 TAU_MAX = 5  # local steps at most
 _KEY = 0xB0D6  # random stream of the probe's batches
 
@@ -97,11 +96,12 @@ class SeriesProbe:
         e = self.W @ (decay * self.c / self.theta)
         return float(e.norm() / self.h.norm().clamp_min(1e-300))
 
-    def terms(self, step: float) -> int:
-        """The smallest K <= K_MAX with error(K, step) <= C_SERIES (K_MAX if none)."""
+    def terms(self, step: float) -> int | None:
+        """The smallest K <= K_MAX with error(K, step) <= C_SERIES; None if K_MAX products do not
+        reach it (b lies along directions of curvature ~ mu_g, which a series cannot follow)."""
         lo, hi = 1, K_MAX
         if self.error(hi, step) > C_SERIES:
-            return K_MAX
+            return None
         while lo < hi:  # the error falls with K for step <= 1 / L_g (|1 - step theta| < 1)
             mid = (lo + hi) // 2
             lo, hi = (mid + 1, hi) if self.error(mid, step) > C_SERIES else (lo, mid)
@@ -133,13 +133,3 @@ def local_steps(sigma2: float, zeta2: float) -> int:
     if zeta2 <= 0:
         return TAU_MAX
     return max(1, min(TAU_MAX, round(sigma2 / zeta2)))
-
-
-def inner_rounds(probe: SeriesProbe, beta: float, tau: int) -> int:
-    """AggITD's N: N tau steps of beta reach the series' accuracy C_SERIES (at most N_MAX)."""
-    return max(1, min(N_MAX, math.ceil(probe.terms(beta) / tau)))
-
-
-def neumann_terms(probe: SeriesProbe, eta: float) -> int:
-    """FedNest's / LFedNest's N: eta p_N holds N + 1 products of step eta."""
-    return max(0, probe.terms(eta) - 1)
