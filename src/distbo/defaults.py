@@ -373,7 +373,8 @@ def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, Any
     the hypergradient's way adds its variance omega / n, so alpha shrinks with all of them (an
     unbiased C; a contractive one: EF21's factor, once). A value the user set is used in the
     rules after it (beta's cap takes the user's tau, N the user's beta or eta)."""
-    fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
+    # the lower level's steps keep the DIANA factor; the workers' spread shrinks alpha only (below)
+    fx, fy = dv.factor(compressor, dv.p.d_x), compressor_factor(compressor, dv.p.d_y, dv.n, dv.delta.get(dv.p.d_y))
     out: dict[str, Any] = {}
     fields = type(hp).model_fields
     mine = lambda k: getattr(hp, k) if getattr(hp, k) is not None else out[k]  # noqa: E731
@@ -397,7 +398,7 @@ def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, Any
                                      series == "neumann_terms", own)
     if compressor.kind == "unbiased":
         m = hypergradient_messages(hp.model_copy(update={k: mine(k) for k in out}))
-        fx = 1.0 / (1.0 + C_OMEGA * m * omega / dv.n)
+        fx = 1.0 / (1.0 + C_OMEGA * m * omega * max(dv.spread.values(), default=1.0) / dv.n)
     out["alpha"] = dv.base_step("alpha") * fx
     return out
 
@@ -460,7 +461,7 @@ def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, se
     c = make_compressor(compressor)
     consts = problem_constants(problem, seed)
     dv = Derivation(problem, c, consts, base, max(1, round(fraction * problem.n_workers)), seed)
-    spreads = algorithm in SHIFT_FREE and c.kind == "unbiased"
+    spreads = algorithm in SHIFT_FREE + FEDERATED and c.kind == "unbiased"
     measured = measurable(c)
     if isinstance(measured, TopK) and algorithm in FEDERATED:
         measured = None  # they send local-step deltas and Neumann products, not the start directions
