@@ -48,6 +48,7 @@ C_OMEGA = 1.0  # unbiased compressors: steps / (1 + C_OMEGA omega / n)
 C_LOCAL = 1.0  # local steps: tau * beta * L_g,max <= C_LOCAL
 C_AVERAGE = 2.0  # moving average theta < 1: alpha x min(1, C_AVERAGE theta)
 C_OWN = 0.5  # LFedNest's Neumann step on each client's own Hessian: C_OWN / L_g,max
+C_GLOBAL = 0.5  # FedNest's Neumann step on the clients' mean Hessian: C_GLOBAL / L_g
 _KEY = 0xDEFA  # random stream of the estimation (batches, start vectors)
 
 
@@ -387,7 +388,10 @@ def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, Any
         # LFedNest's products are one client's minibatch Hessian, unsmoothed by the mean over
         # clients: eta = C_OWN / L_g,max (at 1 / L_g,max it diverged at outer iteration 12 on
         # hyperrep with shards:2 label skew; docs/defaults.md)
-        eta = C_OWN / dv.L_max if "inner" not in fields else 1.0 / dv.L
+        # FedNest's global products: C_GLOBAL / L_g, the curvature grows as a representation x learns
+        # (the CNN of examples/module_problem.py: at 1 / L_g ||x|| reached 2e18 at outer iteration 8,
+        # at 0.5 / L_g it learns; docs/defaults.md)
+        eta = C_OWN / dv.L_max if "inner" not in fields else C_GLOBAL / dv.L
         out["eta"] = dv.base.get("eta", eta) * fy
     omega = max(compressor.omega(dv.p.d_x), compressor.omega(dv.p.d_y)) if compressor.kind == "unbiased" else 0.0
     series = "neumann_terms" if "eta" in fields else "inner_rounds"

@@ -14,8 +14,9 @@ number of exchanges.
 local steps); ``neumann`` the truncated Neumann series of FedIHGP (global) and LFedNest (local).
 
 Default alpha, beta (and eta) are derived from the problem's constants and the compressor when the
-run is resolved (distbo/defaults.py: tau beta L_g,max <= 1, eta = 1/L_g, alpha shrinking with
-every compressed message on the hypergradient's way; docs/defaults.md).
+run is resolved (distbo/defaults.py: tau beta L_g,max <= 1, eta = 0.5/L_g, alpha shrinking with
+every compressed message on the hypergradient's way; docs/defaults.md), and so are the clients'
+local steps and the series lengths, AggITD's N and FedNest's Neumann N (distbo/budgets.py).
 
 Down-link (``ctx.downlink``; docs/composition.md). Every server->client broadcast goes through
 ``FedRound.broadcast``, which returns what the clients hold; the algorithms compute with that

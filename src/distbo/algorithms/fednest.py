@@ -49,7 +49,7 @@ class LFedNestParams(FederatedParams):
                                                                 "miss at most 2% of the start hypergradient (10 where "
                                                                 "that does not pay); lfednest: 10"))
     eta: float | None = Field(None, gt=0, le=100, description="Neumann series step (below 1/L of g)",
-                              json_schema_extra=derived("fednest: 1/L_g x compressor factor on d_y; "
+                              json_schema_extra=derived("fednest: 0.5/L_g x compressor factor on d_y; "
                                                         "lfednest (own Hessians): 0.5/L_g,max"))
 
 
