@@ -34,7 +34,7 @@ from .problems.base import Problem
 
 Tensor = torch.Tensor
 
-C_SERIES = 0.02  # the truncated series may miss at most this share of the start hypergradient
+C_SERIES = 0.01  # the truncated series may miss at most this share of the start hypergradient
 K_MAX = 200  # products of the series at most (AggITD N tau, FedNest N + 1)
 N_MAX = 50  # AggITD's rounds N at most (2N + 1 exchanges per outer iteration)
 LANCZOS = 20  # Lanczos steps from b (d_y if smaller)

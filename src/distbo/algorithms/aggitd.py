@@ -40,7 +40,7 @@ class AggITDParams(FederatedParams):
 
     inner_rounds: int | None = Field(None, ge=1, le=10_000, description="N: FedAvg rounds per outer iteration",
                                      json_schema_extra=derived("the smallest N whose N tau backward steps of beta "
-                                                               "miss at most 2% of the start hypergradient (<= 50; "
+                                                               "miss at most 1% of the start hypergradient (<= 50; "
                                                                "5 where that does not pay)"))
 
 
