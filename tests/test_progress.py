@@ -5,6 +5,7 @@ import json
 
 from distbo import progress
 from distbo.cli import main
+from distbo.runner import resume
 
 
 def rows(name, values, every=10):
@@ -63,6 +64,7 @@ def test_a_run_whose_step_is_too_large_says_so(tmp_path, capsys):
     assert summary["status"] == "completed"
     p = summary["progress"]
     assert p["verdict"] == "worse than start" and p["end"] > 10 * p["start"] and p["best"] < p["start"]
+    assert resume(out).extra["progress"]["verdict"] == "worse than start"  # the Python result too
     assert main(["compare", str(out), "--csv", str(tmp_path / "c.csv")]) == 0
     header, row = csv.reader((tmp_path / "c.csv").read_text().splitlines())
     assert header[:3] == ["run", "status", "progress"] and row[1:3] == ["completed", "worse than start"]
