@@ -32,7 +32,11 @@ def test_a_limit_cycle_below_its_start_is_no_progress():
     p = progress.assess(rows("hypergrad_norm", cycle))
     assert p["verdict"] == "no progress (oscillates)" and p["end"] < p["start"]
     assert p["tail"] == {"from_round": 120, "min": 0.7, "max": 1.9}
-    assert "between 0.7 and 1.9 from round 120 with no new best" in progress.line(p)
+    assert "between 0.7 and 1.9 from round 120, not beating its earlier best" in progress.line(p)
+    cycle[-4] = 0.49  # a new best by 2% is no progress either
+    assert progress.assess(rows("hypergrad_norm", cycle))["verdict"] == "no progress (oscillates)"
+    cycle[-4] = 0.3
+    assert progress.assess(rows("hypergrad_norm", cycle))["verdict"] == "improved"
 
 
 def test_still_improving_at_a_floor_or_with_small_swings_is_improved():

@@ -7,7 +7,8 @@ limit cycle, or a compressed method wandering about its start). ``assess(rows)``
 
 - "worse than start": the last value is worse than the round-0 value;
 - "no progress (oscillates)": over the last TAIL share of the evaluations (at least MIN_TAIL of
-  them) the metric never beats its best before that tail, and swings by a factor SWING or more
+  them) the metric never beats its best before that tail by GAIN or more (a limit cycle's minima
+  repeat up to rounding), and swings by a factor SWING or more
   (the error rate 1 - test_acc for accuracy: larger is worse), while it is not already at a
   floor (the tail's best above FLOOR times the start; float rounding noise at 1e-6 of the start
   is no oscillation);
@@ -27,6 +28,7 @@ TAIL = 0.25  # the last part of the run: this share of the evaluations
 MIN_TAIL = 4  # evaluations in that part, at least (fewer rows: no oscillation verdict)
 SWING = 2.0  # max / min of the error over the tail that counts as oscillating
 FLOOR = 1e-3  # a tail whose best is below this share of the start is at a floor, not oscillating
+GAIN = 0.05  # a tail whose best beats the earlier best by less than this share made no progress
 
 
 def _finite(v: Any) -> bool:
@@ -70,7 +72,7 @@ def assess(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _oscillates(before: list[float], tail: list[float], start: float) -> bool:
     low, high = min(tail), max(tail)
-    return low >= min(before) and low > FLOOR * abs(start) and high >= SWING * low
+    return low >= (1 - GAIN) * min(before) and low > FLOOR * abs(start) and high >= SWING * low
 
 
 def line(p: dict[str, Any] | None) -> str:
@@ -80,5 +82,5 @@ def line(p: dict[str, Any] | None) -> str:
     text = f"{p['metric']} {p['start']:.4g} -> {p['end']:.4g} (best {p['best']:.4g} at round {p['best_round']})"
     if p["verdict"] == "no progress (oscillates)":
         t = p["tail"]
-        text += f", between {t['min']:.4g} and {t['max']:.4g} from round {t['from_round']} with no new best"
+        text += f", between {t['min']:.4g} and {t['max']:.4g} from round {t['from_round']}, not beating its earlier best"
     return f"{text}: {p['verdict']}"
