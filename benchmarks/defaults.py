@@ -85,7 +85,8 @@ def run_one(task: str, alg: str, comp: str) -> dict:
     later = [r[metric] for r in rows[1:]]
     worst = (max(later) if metric == "hypergrad_norm" else min(later)) if later else start
     alg_hp = {k: v for k, v in res.config["algorithm"].items()
-              if k in ("alpha", "beta", "gamma", "eta", "rho", "theta") and v is not None}
+              if k in ("alpha", "beta", "gamma", "eta", "rho", "theta", "local_steps", "inner_rounds",
+                       "neumann_terms") and v is not None}
     return {"status": "ok" if better else "worse than start", "start": start, "end": end, "worst": worst,
             "rounds": rounds,
             "hit_round": hit["round"] if hit else None, "hit_bits": hit["bits_up"] if hit else None,

@@ -98,7 +98,7 @@ def test_user_problem_gets_estimated_defaults():
     hp = res.algorithm
     assert hp.beta == pytest.approx(min(1 / der["L_g"], 1 / (hp.local_steps * der["L_g_max"])) / (1 + 1 / 4),
                                     rel=1e-3)
-    assert hp.eta == pytest.approx(1 / der["L_g"] / (1 + 1 / 4), rel=1e-3)
+    assert hp.eta == pytest.approx(0.5 / der["L_g"] / (1 + 1 / 4), rel=1e-3)
 
 
 def test_resolution_is_deterministic():

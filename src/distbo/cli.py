@@ -111,6 +111,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if "target" in result.extra:
         print(describe_target(result.extra["target"]))
     print(f"wrote {out}")
+    print(progress_line(result.metrics))  # the last line: did the tracked metric improve?
     return 0
 
 
@@ -173,7 +174,14 @@ def _resume(a: argparse.Namespace) -> int:
     if not a.quiet:
         print_rows(result.metrics)
     print(f"resumed {a.resume} from round {result.extra['resumed_from']}")
+    print(progress_line(result.metrics))
     return 0
+
+
+def progress_line(rows: list[dict[str, Any]]) -> str:
+    from .progress import assess, line
+
+    return line(assess(rows))
 
 
 def describe_target(info: dict[str, Any]) -> str:

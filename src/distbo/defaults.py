@@ -24,6 +24,7 @@ Every number is rounded to 4 significant digits. A value the user sets is used a
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable
 
@@ -31,7 +32,7 @@ import torch
 from torch.func import grad, vjp, vmap
 from torch.utils._pytree import tree_map
 
-from . import rng
+from . import budgets, rng
 from .compressors import Compressor, Sign, TopK, make_compressor, multi_step
 from .compressors.multistep import MultiStep
 from .hypergrad import phi_curvature
@@ -49,12 +50,24 @@ C_OMEGA = 1.0  # unbiased compressors: steps / (1 + C_OMEGA omega / n)
 C_LOCAL = 1.0  # local steps: tau * beta * L_g,max <= C_LOCAL
 C_AVERAGE = 2.0  # moving average theta < 1: alpha x min(1, C_AVERAGE theta)
 C_OWN = 0.5  # LFedNest's Neumann step on each client's own Hessian: C_OWN / L_g,max
+C_GLOBAL = 0.5  # FedNest's Neumann step on the clients' mean Hessian: C_GLOBAL / L_g
 _KEY = 0xDEFA  # random stream of the estimation (batches, start vectors)
 
 
 def derived(rule: str) -> dict[str, str]:
     """``json_schema_extra`` of a hyper-parameter whose default is derived by this module."""
     return {"derived": rule}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread (one op order: every process derives the same numbers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def round_sig(v: float, digits: int = 4) -> float:
@@ -287,7 +300,7 @@ class Derivation:
     """Inputs of every rule: constants, compressor, dimensions, the task's base overrides."""
 
     def __init__(self, problem: Problem, compressor: Compressor, constants: dict[str, Any],
-                 base: dict[str, Any], n: int):
+                 base: dict[str, Any], n: int, seed: int = 0):
         self.p, self.c, self.k, self.base, self.n = problem, compressor, constants, base, n  # n: senders
         L = constants["L_g"]
         self.L, self.L_max = L, constants.get("L_g_max", L)
@@ -307,6 +320,14 @@ class Derivation:
         self.beta0 = C_Y / L
         self.delta: dict[int, float] = {}  # d -> sign's / top-K's contraction on the start directions
         self.spread: dict[int, float] = {}  # d -> the workers' spread on the start directions
+        self.seed, self.extra = seed, {}  # extra: what a rule measured, for config.json's "derived"
+        self._probe: budgets.SeriesProbe | None = None
+
+    def probe(self) -> budgets.SeriesProbe:
+        """The start hypergradient's series-truncation probe (made once)."""
+        if self._probe is None:
+            self._probe = budgets.SeriesProbe(self.p, self.seed)
+        return self._probe
 
     def x_step(self, factor: float) -> float:
         """x's step under a compressor / averaging ``factor``: that factor times the curvature-limited
@@ -390,23 +411,74 @@ def hypergradient_messages(hp: Any) -> int:
     return 1 if "neumann_terms" in fields else hp.inner_rounds + 1
 
 
-def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, float]:
-    """AggITD / FedNest / LFedNest: local steps capped by drift, every message compressed; each
-    compressed message on the hypergradient's way adds its variance omega / n, so alpha shrinks
-    with all of them (an unbiased C; a contractive one: EF21's factor, once)."""
-    fx, fy = dv.factor(compressor, dv.p.d_x), dv.factor(compressor, dv.p.d_y)
-    if compressor.kind == "unbiased":
-        m = hypergradient_messages(hp)
-        fx = 1.0 / (1.0 + C_OMEGA * m * max(compressor.omega(dv.p.d_x), compressor.omega(dv.p.d_y)) / dv.n)
-    out = {"alpha": dv.x_step(fx),
-           "beta": min(dv.base_step("beta"), C_LOCAL / (hp.local_steps * dv.L_max)) * fy}
-    if "eta" in type(hp).model_fields:  # Neumann step: global products (FedNest) or the client's own
+def _federated(dv: Derivation, hp: Any, compressor: Compressor) -> dict[str, Any]:
+    """AggITD / FedNest / LFedNest: local steps from the workers' noise and drift, their step
+    capped by drift, the backward / Neumann series long enough to miss at most C_SERIES of the
+    start hypergradient (distbo/budgets.py), every message compressed; each compressed message on
+    the hypergradient's way adds its variance omega / n, so alpha shrinks with all of them (an
+    unbiased C; a contractive one: EF21's factor, once). A value the user set is used in the
+    rules after it (beta's cap takes the user's tau, N the user's beta or eta)."""
+    # the lower level's steps keep the DIANA factor; the workers' spread shrinks alpha only (below)
+    fx, fy = dv.factor(compressor, dv.p.d_x), compressor_factor(compressor, dv.p.d_y, dv.n, dv.delta.get(dv.p.d_y))
+    out: dict[str, Any] = {}
+    fields = type(hp).model_fields
+    mine = lambda k: getattr(hp, k) if getattr(hp, k) is not None else out[k]  # noqa: E731
+    if hp.local_steps is None:
+        sigma2, zeta2 = budgets.noise_and_drift(dv.p, dv.seed)
+        out["local_steps"] = budgets.local_steps(sigma2, zeta2)
+        dv.extra.update({"noise_y": round_sig(sigma2), "drift_y": round_sig(zeta2)})
+    out["beta"] = min(dv.base_step("beta"), C_LOCAL / (mine("local_steps") * dv.L_max)) * fy
+    if "eta" in fields:  # Neumann step: global products (FedNest) or the client's own
         # LFedNest's products are one client's minibatch Hessian, unsmoothed by the mean over
         # clients: eta = C_OWN / L_g,max (at 1 / L_g,max it diverged at outer iteration 12 on
         # hyperrep with shards:2 label skew; docs/defaults.md)
-        eta = C_OWN / dv.L_max if "inner" not in type(hp).model_fields else 1.0 / dv.L
+        # FedNest's global products: C_GLOBAL / L_g, the curvature grows as a representation x learns
+        # (the CNN of examples/module_problem.py: at 1 / L_g ||x|| reached 2e18 at outer iteration 8,
+        # at 0.5 / L_g it learns; docs/defaults.md)
+        eta = C_OWN / dv.L_max if "inner" not in fields else C_GLOBAL / dv.L
         out["eta"] = dv.base.get("eta", eta) * fy
+    omega = max(compressor.omega(dv.p.d_x), compressor.omega(dv.p.d_y)) if compressor.kind == "unbiased" else 0.0
+    series = "neumann_terms" if "eta" in fields else "inner_rounds"
+    if getattr(hp, series) is None:
+        tau = 1 if series == "neumann_terms" else mine("local_steps")  # products per round
+        own = series == "neumann_terms" and "inner" not in fields  # LFedNest: each client's own series
+        out[series] = _series_length(dv, mine("eta" if series == "neumann_terms" else "beta"), tau, omega,
+                                     series == "neumann_terms", own)
+    if compressor.kind == "unbiased":
+        m = hypergradient_messages(hp.model_copy(update={k: mine(k) for k in out}))
+        fx = 1.0 / (1.0 + C_OMEGA * m * omega * max(dv.spread.values(), default=1.0) / dv.n)
+    out["alpha"] = dv.x_step(fx)
     return out
+
+
+def _series_length(dv: Derivation, step: float, tau: int, omega: float, neumann: bool, own: bool) -> int:
+    """AggITD's N (``tau`` products of ``step`` per round) or FedNest's Neumann N (N + 1
+    products): long enough to miss at most C_SERIES of the start hypergradient
+    (distbo/budgets.py), or the fixed budget (recorded why) where that does not pay. ``own``
+    (LFedNest): the clients' own series converge to mean_i H_xy,i H_i^-1 b_i, not to the global
+    H_xy H^-1 b, so the global probe does not bound them; longer measured worse (the quadratic,
+    200 outer iterations: N = 10 ends at 1.5, N = 34 at 2.69): the fixed budget."""
+    fixed = budgets.FALLBACK_TERMS if neumann else budgets.FALLBACK_ROUNDS
+    if own:
+        dv.extra["series_note"] = "lfednest: the clients' own Neumann series; the fixed budget is kept"
+        return fixed
+    if omega > dv.n:
+        # every compressed message adds omega / n of variance: above 1, a longer series costs more in
+        # noise than it gains in bias (AggITD rand-K 10% on the quadratic, 200 outer iterations:
+        # N = 5, 10, 37 end at 2.45, 2.94, 3.49; docs/defaults.md)
+        dv.extra["series_note"] = f"omega {omega:.3g} > n = {dv.n}: the fixed budget is kept"
+        return fixed
+    probe = dv.probe()
+    K = probe.terms(step)
+    if K is None:
+        dv.extra["series_note"] = (f"{budgets.K_MAX} products miss {probe.error(budgets.K_MAX, step):.2g} of the "
+                                   "start hypergradient (mu_g-limited directions): the fixed budget is kept")
+        N = fixed
+    else:
+        N = max(0, K - 1) if neumann else max(1, min(budgets.N_MAX, math.ceil(K / tau)))
+    dv.extra.update({"series_error": round_sig(probe.error(N + 1 if neumann else N * tau, step)),
+                     "series_target": budgets.C_SERIES, "series_source": f"{probe.source}, {probe.products} products"})
+    return N
 
 
 SHIFT_FREE = ("c-soba", "cm-soba", "rabo", "rafbo")  # methods whose unbiased compression has no shifts
@@ -444,20 +516,21 @@ def resolve_hyper(algorithm: str, hp: Any, problem: Problem, compressor: str, se
     consts = problem_constants(problem, seed)
     if "alpha" in todo and "alpha" not in base and not consts.get("L_phi") and horizon is not None:
         consts = {**consts, **horizon_curvature(problem, seed, consts["L_g"], horizon * lower_steps(hp))}
-    dv = Derivation(problem, c, consts, base, max(1, round(fraction * problem.n_workers)))
-    spreads = algorithm in SHIFT_FREE and c.kind == "unbiased"
+    dv = Derivation(problem, c, consts, base, max(1, round(fraction * problem.n_workers)), seed)
+    spreads = algorithm in SHIFT_FREE + FEDERATED and c.kind == "unbiased"
     measured = measurable(c)
     if isinstance(measured, TopK) and algorithm in FEDERATED:
         measured = None  # they send local-step deltas and Neumann products, not the start directions
     if measured is not None or spreads:
         dv.measure(seed, measured, spreads)
     rule = RULES.get(algorithm, _single_loop)  # a new (plugin) algorithm: the SOBA family's rule
-    values = {k: round_sig(v) if isinstance(v, float) else v for k, v in rule(dv, hp, c).items()
-              if k in todo}
+    with one_thread():
+        values = {k: round_sig(v) if isinstance(v, float) else v for k, v in rule(dv, hp, c).items()
+                  if k in todo}
     info = {**{k: (round_sig(v) if isinstance(v, float) and k != "L_phi_seconds" else v)
                for k, v in consts.items()},
             "n": dv.n, "compressor": compressor, "d_x": problem.d_x, "d_y": problem.d_y,
-            **_compressor_inputs(c, dv), "task_base": dict(base), "derived": sorted(values)}
+            **_compressor_inputs(c, dv), **dv.extra, "task_base": dict(base), "derived": sorted(values)}
     return hp.model_copy(update=values), info
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, folders, memory, safeio, stopping
 from .allocator import reuse_freed_memory
+from .progress import assess as assess_progress
 from .algorithms import ALGORITHMS, Clients, Context
 from .algorithms.base import check_clients
 from .comm.base import CommStats, Communicator
@@ -295,6 +296,7 @@ def _loop(res: Resolved, problem: Problem, algorithm, comm: Communicator, out: P
                 raise  # else the error that stopped the run is the one to report
     x, y = algorithm.point(state)
     extra = {"resumed_from": start} if resume else {}
+    extra["progress"] = assess_progress(rows)  # as summary.json's
     if run.until is not None:
         extra["target"] = stopping.target_info(run.until, rows)
     return Result(rows, x, y, state, config, files.dir, status, extra)
@@ -346,7 +348,7 @@ def summary(rows: list[dict[str, Any]], status: str, run: RunConfig) -> dict[str
             best[key] = max(vals)
     out = {"status": status, "final": final, "best": best,
            "totals": {k: final.get(k) for k in ("round", "bits_up", "bits_down", "comm_rounds", "wall_s")},
-           "rounds_planned": run.rounds}
+           "rounds_planned": run.rounds, "progress": assess_progress(rows)}
     if run.until is not None:  # the target: reached or not, at which round, with which bits
         out["target"] = stopping.target_info(run.until, rows)
     return out

@@ -66,18 +66,26 @@ def build(runs: list[RunDir], labels: list[str], target: Target | None,
     """(header, one row per run) with raw values (None where a run has no value)."""
     if fields is None:
         fields = [f for f in QUALITY if any(f in r.fields() for r in runs)]
-    header = ["run", "status", *COSTS, *fields]
+    header = ["run", "status", "progress", *COSTS, *fields]
     if target is not None:
         header += [f"bits_up to {target}", f"rounds to {target}"]
     body = []
     for run, label in zip(runs, labels):
         last = run.rows[-1] if run.rows else {}
-        row = [label, run.status, *(last.get(k) for k in COSTS), *(last.get(f) for f in fields)]
+        row = [label, run.status, _verdict(run), *(last.get(k) for k in COSTS), *(last.get(f) for f in fields)]
         if target is not None:
             hit = first_reach(run, target)
             row += [hit.get("bits_up") if hit else None, hit.get("round") if hit else None]
         body.append(row)
     return header, body
+
+
+def _verdict(run: RunDir) -> str | None:
+    """summary.json's progress verdict, else (a run still going or killed) the rows' own."""
+    from .progress import assess
+
+    p = run.summary.get("progress") if "progress" in run.summary else assess(run.rows)
+    return p["verdict"] if isinstance(p, dict) else None
 
 
 def fmt(v: Any) -> str:

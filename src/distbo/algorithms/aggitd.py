@@ -25,7 +25,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
+from pydantic import Field
 
+from ..defaults import derived
 from ..problems.base import Batch
 from .base import ALGORITHMS, Context
 from .federated import FederatedAlgorithm, FederatedParams, FedRound, fedavg_round
@@ -35,6 +37,11 @@ Tensor = torch.Tensor
 
 class AggITDParams(FederatedParams):
     """alpha, beta; inner_rounds = N (FedAvg rounds), local_steps = tau."""
+
+    inner_rounds: int | None = Field(None, ge=1, le=10_000, description="N: FedAvg rounds per outer iteration",
+                                     json_schema_extra=derived("the smallest N whose N tau backward steps of beta "
+                                                               "miss at most 1% of the start hypergradient (<= 50; "
+                                                               "5 where that does not pay)"))
 
 
 class AggITDState(NamedTuple):

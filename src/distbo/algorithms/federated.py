@@ -14,8 +14,9 @@ number of exchanges.
 local steps); ``neumann`` the truncated Neumann series of FedIHGP (global) and LFedNest (local).
 
 Default alpha, beta (and eta) are derived from the problem's constants and the compressor when the
-run is resolved (distbo/defaults.py: tau beta L_g,max <= 1, eta = 1/L_g, alpha shrinking with
-every compressed message on the hypergradient's way; docs/defaults.md).
+run is resolved (distbo/defaults.py: tau beta L_g,max <= 1, eta = 0.5/L_g, alpha shrinking with
+every compressed message on the hypergradient's way; docs/defaults.md), and so are the clients'
+local steps and the series lengths, AggITD's N and FedNest's Neumann N (distbo/budgets.py).
 
 Down-link (``ctx.downlink``; docs/composition.md). Every server->client broadcast goes through
 ``FedRound.broadcast``, which returns what the clients hold; the algorithms compute with that
@@ -65,9 +66,9 @@ class FederatedParams(Params):
                                 json_schema_extra=derived("as soba's alpha x compressor factor on d_x"))
     beta: float | None = Field(None, gt=0, le=100, description="clients' local lower-level step size",
                                json_schema_extra=derived("min(1/L_g, 1/(tau L_g,max)) x compressor factor on d_y"))
-    inner_rounds: int = Field(5, ge=1, le=10_000,
-                              description="lower-level rounds per outer iteration (AggITD's N, FedNest's T)")
-    local_steps: int = Field(5, ge=1, le=10_000, description="tau: clients' local steps per lower-level round")
+    local_steps: int | None = Field(None, ge=1, le=10_000, description="tau: clients' local steps per lower-level round",
+                                    json_schema_extra=derived("clamp(round(sigma^2 / zeta^2), 1, 5): the workers' "
+                                                              "sampling noise over their heterogeneity, measured"))
     upper_opt: UpperOptName = upper_opt_field()
 
 

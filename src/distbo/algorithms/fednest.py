@@ -45,9 +45,13 @@ Tensor = torch.Tensor
 class LFedNestParams(FederatedParams):
     """alpha, beta; inner_rounds = T, local_steps = tau; neumann_terms = N with step eta."""
 
-    neumann_terms: int = Field(10, ge=0, le=10_000, description="N: Neumann series terms")
+    inner_rounds: int = Field(5, ge=1, le=10_000, description="T: lower-level rounds per outer iteration")
+    neumann_terms: int | None = Field(None, ge=0, le=10_000, description="N: Neumann series terms",
+                                      json_schema_extra=derived("fednest: the smallest N whose N + 1 products of eta "
+                                                                "miss at most 1% of the start hypergradient (10 where "
+                                                                "that does not pay); lfednest: 10"))
     eta: float | None = Field(None, gt=0, le=100, description="Neumann series step (below 1/L of g)",
-                              json_schema_extra=derived("fednest: 1/L_g x compressor factor on d_y; "
+                              json_schema_extra=derived("fednest: 0.5/L_g x compressor factor on d_y; "
                                                         "lfednest (own Hessians): 0.5/L_g,max"))
 
 
