@@ -330,13 +330,16 @@ class Derivation:
         return self._probe
 
     def x_step(self, factor: float) -> float:
-        """x's step under a compressor / averaging ``factor``: that factor times the curvature-limited
-        step, at most the uncompressed base step. Compression noise and error-feedback lag matter
-        against Phi's curvature; a base step already below the limit has room for them (EF-SOBA
-        top-K 10% on hyperrep: the full factor left it 2.5 points below its best scale, 64x)."""
+        """x's step under a compressor / averaging ``factor``: the factor on the curvature-limited
+        step, and at most its square root on the base step. Compression noise and error-feedback lag
+        matter against Phi's curvature, so a base step below the limit needs less of the factor
+        (the full factor left EF-SOBA top-K 10% and CM-SOBA rand-K 10% 2.5 and 9.8 points below
+        their best scale on hyperrep); none of it diverged EF-SOBA top-K on the weight decay of
+        examples/ (its y-steps, fixed at the start's L_g, meet the curvature a growing decay makes;
+        docs/defaults.md). On the quadratic (closed-form L_phi) the limit is the base: factor x base."""
         base = self.base_step("alpha")
         limit = base if "alpha" in self.base else max(base, self.alpha_limit)
-        return min(base, factor * limit)
+        return min(base * math.sqrt(factor), factor * limit)
 
     def base_step(self, name: str) -> float:
         if name in self.base:
