@@ -129,7 +129,7 @@ def test_aggitd_converges_on_quadratic():
     # only the truncation of the unrolled trajectory (small for N tau beta mu ~ 3-5)
     for h, hp in ((0.0, {"local_steps": 4, "inner_rounds": 6, "beta": 0.2}),
                   (1.0, {"local_steps": 1, "inner_rounds": 20, "beta": 0.15})):
-        r = distbo.run("quadratic", {"name": "aggitd", "alpha": 0.3, **hp}, workers=4, rounds=20,
+        r = distbo.run("quadratic", {"name": "aggitd", "alpha": 0.3, "upper_opt": "sgd", **hp}, workers=4, rounds=20,
                        eval_every=20, dtype="float64",
                        overrides=["task.d_x=3", "task.d_y=5", f"task.heterogeneity={h}"])
         start, end = r.metrics[0]["hypergrad_norm"], r.metrics[-1]["hypergrad_norm"]

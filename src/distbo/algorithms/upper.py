@@ -46,9 +46,10 @@ B1, B2 = 0.9, 0.99  # momentum and Adam's averaging weights
 EPS_ADAM = 1e-3  # Adam's eps, relative to the largest direction RMS (Reddi et al.'s adaptivity tau)
 
 
-def upper_opt_field():
-    """The ``upper_opt`` hyper-parameter (every algorithm's schema)."""
-    return Field("sgd", description="server optimizer of x on the aggregated (pseudo-)hypergradient g: "
+def upper_opt_field(default: str = "sgd"):
+    """The ``upper_opt`` hyper-parameter (every algorithm's schema; the federated methods default
+    to dog: docs/defaults.md, "Server optimizers")."""
+    return Field(default, description="server optimizer of x on the aggregated (pseudo-)hypergradient g: "
                  "sgd (x -= alpha g), momentum (heavy ball, b1 0.9, normalized), adam (server Adam, b1 0.9, "
                  "b2 0.99, lr = alpha x the largest rms(g) so far), dog (distance over gradients, no constant; "
                  "its first step is sgd's); docs/algorithms.md")
