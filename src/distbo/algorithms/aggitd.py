@@ -31,6 +31,7 @@ from ..defaults import derived
 from ..problems.base import Batch
 from .base import ALGORITHMS, Context
 from .federated import FederatedAlgorithm, FederatedParams, FedRound, fedavg_round
+from .upper import UpperOptName, upper_opt_field
 
 Tensor = torch.Tensor
 
@@ -42,6 +43,9 @@ class AggITDParams(FederatedParams):
                                      json_schema_extra=derived("the smallest N whose N tau backward steps of beta "
                                                                "miss at most 1% of the start hypergradient (<= 50; "
                                                                "5 where that does not pay)"))
+    # dog: ahead of sgd at the derived alpha on the quadratic, the weight decay, hyperrep and the digits
+    # CNN; FedNest and LFedNest keep sgd: dog collapsed both on the CNN (docs/defaults.md)
+    upper_opt: UpperOptName = upper_opt_field("dog")
 
 
 class AggITDState(NamedTuple):

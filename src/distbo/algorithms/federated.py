@@ -69,9 +69,7 @@ class FederatedParams(Params):
     local_steps: int | None = Field(None, ge=1, le=10_000, description="tau: clients' local steps per lower-level round",
                                     json_schema_extra=derived("clamp(round(sigma^2 / zeta^2), 1, 5): the workers' "
                                                               "sampling noise over their heterogeneity, measured"))
-    # dog: measured ahead of sgd at the derived alpha on the quadratic, the weight decay and hyperrep
-    # for AggITD, FedNest and LFedNest alike (docs/defaults.md, "Server optimizers")
-    upper_opt: UpperOptName = upper_opt_field("dog")
+    upper_opt: UpperOptName = upper_opt_field()
 
 
 def sample_clients(key: Tensor, n_workers: int, fraction: float, local_workers: Tensor) -> tuple[Tensor, int]:

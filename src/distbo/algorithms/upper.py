@@ -47,8 +47,8 @@ EPS_ADAM = 1e-3  # Adam's eps, relative to the largest direction RMS (Reddi et a
 
 
 def upper_opt_field(default: str = "sgd"):
-    """The ``upper_opt`` hyper-parameter (every algorithm's schema; the federated methods default
-    to dog: docs/defaults.md, "Server optimizers")."""
+    """The ``upper_opt`` hyper-parameter (every algorithm's schema; AggITD defaults to dog:
+    docs/defaults.md, "Server optimizers")."""
     return Field(default, description="server optimizer of x on the aggregated (pseudo-)hypergradient g: "
                  "sgd (x -= alpha g), momentum (heavy ball, b1 0.9, normalized), adam (server Adam, b1 0.9, "
                  "b2 0.99, lr = alpha x the largest rms(g) so far), dog (distance over gradients, no constant; "
