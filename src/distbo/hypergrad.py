@@ -246,6 +246,7 @@ class HypergradMetric:
     def __init__(self, problem: Problem, seed: int):
         self.problem, self.seed = problem, seed
         self.objectives: dict[torch.dtype, Objective] = {}
+        self.dtype: torch.dtype | None = None
 
     def _objective(self, dtype: torch.dtype) -> Objective:
         if dtype not in self.objectives:
@@ -259,13 +260,14 @@ class HypergradMetric:
         tic = time.perf_counter()
 
         def at(dtype):
-            h, _, n = hypergradient(self._objective(dtype), x.detach().to(dtype), y.detach().to(dtype))
-            return h, n
+            h, _, _ = hypergradient(self._objective(dtype), x.detach().to(dtype), y.detach().to(dtype))
+            self.dtype = dtype  # the dtype the losses accept: the next evaluations go straight to it
+            return h
 
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            h, n = float64_if_accepted(self.problem, at)
+            h = at(self.dtype) if self.dtype is not None else float64_if_accepted(self.problem, at)
         finally:
             torch.set_num_threads(before)
         return {"hypergrad_norm": float(h.norm()), "hypergrad_s": round(time.perf_counter() - tic, 4)}
