@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from .comm.job import in_job, job_env, rank  # noqa: F401 (re-exported: the launcher's users)
 from .comm.base import Communicator
 from .comm.simulated import SimulatedComm
 from .comm.torch_dist import CollectiveError, TorchDistComm, short_error, backend_for
@@ -59,24 +60,6 @@ class LaunchError(DistboError):
 
 
 # ----- inside a job -----
-def job_env() -> tuple[int, int] | None:
-    """(rank, world size) from the environment torchrun (or run_procs) sets, else None."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return None
-
-
-def in_job() -> bool:
-    return (dist.is_available() and dist.is_initialized()) or job_env() is not None
-
-
-def rank() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    env = job_env()
-    return env[0] if env else 0
-
-
 def threads_per_process(local_procs: int) -> int:
     if os.environ.get("DISTBO_THREADS"):
         return max(1, int(os.environ["DISTBO_THREADS"]))

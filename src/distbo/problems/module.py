@@ -381,7 +381,7 @@ class ModuleProblem(Problem):
             return {"net": self.net}
         if not self._warned:
             self._warned = True
-            from ..launch import rank
+            from ..comm.job import rank
 
             if rank() == 0:
                 sys.stderr.write(f"distbo: warning: pruning this ModuleProblem by coordinates, not hidden "

@@ -105,7 +105,7 @@ def check_predict(upper: Any, lower: Any, test: Any, predict: Any) -> None:
 
 def warn_batch_size(batch_size: Any, size: Tensor, what: str) -> None:
     """One line on stderr when a batch is larger than a worker's shard (rows then repeat)."""
-    from ..launch import rank
+    from ..comm.job import rank
 
     if isinstance(batch_size, int) and batch_size > int(size.min()) and rank() == 0:
         i = int(size.argmin())
