@@ -25,3 +25,11 @@ def unknown(field: str, value: str, allowed: Iterable[str], what: str = "value")
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     shown = "" if field.endswith(f".{value}") else f" '{value}'"
     return ConfigError(field, f"unknown {what}{shown}{hint}; allowed: {', '.join(allowed)}")
+
+
+class LaunchError(DistboError):
+    """A process of a multi-process run failed; ``rank`` is the first one, ``code`` the exit code."""
+
+    def __init__(self, message: str, rank: int | None, code: int):
+        super().__init__(message)
+        self.rank, self.code = rank, code

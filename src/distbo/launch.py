@@ -39,6 +39,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .comm.job import in_job, job_env, rank  # noqa: F401 (re-exported: the launcher's users)
+from .errors import LaunchError  # noqa: F401 (re-exported)
 from .comm.base import Communicator
 from .comm.simulated import SimulatedComm
 from .comm.torch_dist import CollectiveError, TorchDistComm, short_error, backend_for
@@ -49,14 +50,6 @@ ENV_INIT = "DISTBO_INIT_METHOD"
 ENV_DEVICE = "DISTBO_DEVICE_TYPE"  # 'cuda': the processes of run_procs join with nccl
 GRACE_S = 5.0  # after a failure, how long the other processes get to stop by themselves
 KILL_AFTER_S = 3.0  # after SIGTERM, before SIGKILL
-
-
-class LaunchError(DistboError):
-    """A process of a multi-process run failed; ``rank`` is the first one, ``code`` the exit code."""
-
-    def __init__(self, message: str, rank: int | None, code: int):
-        super().__init__(message)
-        self.rank, self.code = rank, code
 
 
 # ----- inside a job -----

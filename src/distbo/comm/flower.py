@@ -29,7 +29,7 @@ import torch
 from ..compressors.base import Payload
 from .base import Communicator
 from .messages import Dense, DenseSum, Message
-from ..launch import LaunchError
+from ..errors import LaunchError
 from .torch_dist import decode_field, encode_field, short_error, wire_dtype
 
 Tensor = torch.Tensor

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..comm.flower import NodeError
-from ..launch import LaunchError
+from ..errors import LaunchError
 from ..errors import ConfigError
 
 HOST = "127.0.0.1"  # never any other address
